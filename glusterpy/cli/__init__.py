@@ -1,0 +1,1 @@
+"""Command-line programs: glusterpyd (brick daemon) and glusterpy (mount and admin)."""

@@ -1,0 +1,1 @@
+"""Volfiles as data: parse, check and render GlusterFS-style volume files."""
