@@ -42,7 +42,8 @@ class Graph:
             try:
                 kind = registry.get(volume.type)
             except registry.UnknownType as e:
-                raise VolfileError(volfile.path, volume.type_line or volume.line, str(e), volume.name)
+                line = volume.type_line or volume.line
+                raise VolfileError(volfile.path, line, str(e), volume.name) from None
             options = check.resolve_options(volfile, volume, kind)
             children = [built[name] for name in volume.subvolumes]
             try:

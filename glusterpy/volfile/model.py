@@ -59,4 +59,5 @@ class Volfile:
         try:
             return self.volume(name)
         except KeyError:
-            raise VolfileError(self.path, 1, f"no volume named '{name}' to use as the top") from None
+            message = f"no volume named '{name}' to use as the top"
+            raise VolfileError(self.path, 1, message) from None

@@ -110,7 +110,9 @@ def get(name: str) -> TranslatorType:
     if real in _types:
         return _types[real]
     if real in KNOWN_UNSUPPORTED:
-        raise UnknownType(f"type '{name}' is a GlusterFS translator that glusterpy does not support yet")
+        raise UnknownType(
+            f"type '{name}' is a GlusterFS translator that glusterpy does not support yet"
+        )
     raise UnknownType(f"type '{name}' is not a known translator type")
 
 
