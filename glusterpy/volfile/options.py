@@ -9,6 +9,7 @@ Values in a volfile are text; `OptionType.parse` turns text into a typed value o
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,8 +69,10 @@ class Int(OptionType):
     max: int | None = None
 
     def parse(self, text: str) -> int:
+        # strtol's base 0, as GlusterFS reads integers: 0x hex, a leading 0 octal (0755).
+        octal = re.fullmatch(r"\s*[+-]?0[0-7]+\s*", text)
         try:
-            value = int(text, 0)
+            value = int(text, 8) if octal else int(text, 0)
         except ValueError:
             raise ValueError(f"'{text}' is not an integer") from None
         _check_range(value, self.min, self.max, text)
@@ -89,6 +92,8 @@ class Float(OptionType):
             value = float(text)
         except ValueError:
             raise ValueError(f"'{text}' is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"'{text}' is not a finite number")
         _check_range(value, self.min, self.max, text)
         return value
 
