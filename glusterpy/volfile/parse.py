@@ -61,15 +61,8 @@ class _Lexer:
     def fail(self, message: str, line: int | None = None) -> NoReturn:
         raise VolfileError(self.path, self.line if line is None else line, message)
 
-    def tokens(self) -> list[Token]:
-        found = []
-        while True:
-            token = self._next()
-            found.append(token)
-            if token.kind == "end":
-                return found
-
-    def _next(self) -> Token:
+    def next(self) -> Token:
+        """The next token; at the end of the text, an "end" token every time."""
         text = self.text
         while self.pos < len(text):
             char = text[self.pos]
@@ -130,21 +123,32 @@ class _Lexer:
 class _Parser:
     """Builds `VolumeDef`s from tokens, applying the grammar's semantic checks as it goes."""
 
-    def __init__(self, tokens: list[Token], path: str):
-        self.tokens = tokens
+    def __init__(self, lexer: _Lexer, path: str):
+        self.lexer = lexer
         self.path = path
-        self.index = 0
+        self.lookahead: Token | None = None
+        self.current: str | None = None
         self.volumes: list[VolumeDef] = []
         self.by_name: dict[str, VolumeDef] = {}
 
     def peek(self) -> Token:
-        return self.tokens[self.index]
+        if self.lookahead is None:
+            self.lookahead = self._lex()
+        return self.lookahead
 
     def take(self) -> Token:
-        token = self.tokens[self.index]
-        if token.kind != "end":
-            self.index += 1
+        token = self.peek()
+        self.lookahead = None
         return token
+
+    def _lex(self) -> Token:
+        # Tokens are read on demand so that a lexical error can name the volume it is in.
+        try:
+            return self.lexer.next()
+        except VolfileError as e:
+            if e.volume is not None or self.current is None:
+                raise
+            raise VolfileError(e.path, e.line, e.message, self.current) from None
 
     def fail(self, line: int, message: str, volume: str | None = None) -> NoReturn:
         raise VolfileError(self.path, line, message, volume)
@@ -171,12 +175,14 @@ class _Parser:
         if name in self.by_name:
             first = self.by_name[name].line
             self.fail(start.line, f"volume '{name}' defined again (first at line {first})")
+        self.current = name
         type_token = self.take()
         if type_token.kind != "type":
             self.fail(type_token.line, f"'type' must come first, found {type_token.shown()}", name)
         volume = VolumeDef(name=name, type="", line=start.line, type_line=type_token.line)
         volume.type = self._word("a translator type after 'type'", name).text
         self._body(volume)
+        self.current = None
         self.volumes.append(volume)
         self.by_name[name] = volume
 
@@ -244,8 +250,7 @@ class _Parser:
 
 def parse_text(text: str, path: str = "<string>") -> Volfile:
     """Parse volfile text; raise VolfileError at the first mistake."""
-    tokens = _Lexer(text, path).tokens()
-    return _Parser(tokens, path).volfile()
+    return _Parser(_Lexer(text, path), path).volfile()
 
 
 def parse_file(path: str | os.PathLike[str]) -> Volfile:
