@@ -242,3 +242,10 @@ def test_parse_file_rejects_non_utf8_with_its_line(tmp_path):
         parse_file(path)
     assert info.value.line == 3
     assert "not UTF-8" in info.value.message
+
+
+def test_crlf_line_endings_and_tabs_are_blanks():
+    volfile = parse_text("volume a\r\n\ttype t\r\n\toption k v\r\nend-volume\r\n")
+
+    assert volfile.volumes[0].options == {"k": "v"}
+    assert volfile.volumes[0].option_lines == {"k": 3}
