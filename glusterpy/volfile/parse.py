@@ -214,7 +214,12 @@ class _Parser:
         key = self._word("an option key after 'option'", volume.name).text
         value = self.peek()
         if value.kind != "word":
-            hint = " (quote a keyword to use it as a value)" if value.kind != "end" else ""
+            # Before end-volume a value is plainly missing; elsewhere a keyword may be meant.
+            hint = (
+                ""
+                if value.kind in ("end", "end-volume")
+                else " (quote a keyword to use it as a value)"
+            )
             message = f"option '{key}' has no value, found {value.shown()}{hint}"
             self.fail(value.line, message, volume.name)
         self.take()

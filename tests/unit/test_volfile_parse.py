@@ -103,7 +103,12 @@ def test_type_only_volume_is_legal():
         ("# only a comment\n\n", 3, None, "no volume is defined"),
         ("volume a\n option k v\n type t\nend-volume", 2, "a", "'type' must come first"),
         ("volume a\n type t\n type u\nend-volume", 3, "a", "'type' given again (first at line 2)"),
-        ("volume a type t\n option k\nend-volume", 3, "a", "option 'k' has no value"),
+        (
+            "volume a type t\n option k\nend-volume",
+            3,
+            "a",
+            "option 'k' has no value, found keyword 'end-volume'",
+        ),
         ("volume a type t option k type end-volume", 1, "a", "quote a keyword"),
         (
             "volume a type t end-volume\nvolume b type t\n subvolumes a\n subvolumes a\nend-volume",
