@@ -18,6 +18,7 @@ import argparse
 import collections
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -363,11 +364,17 @@ class MemFS:
         self.lock_changed.pop(ino, trio.Event()).set()
 
 
-async def main(mountpoints: list[str], options: SessionOptions, timeout: float) -> None:
-    fs = MemFS(timeout)
+async def main(args: argparse.Namespace) -> None:
+    fs = MemFS(args.timeout)
+    options = SessionOptions(max_write=args.max_write, locks=not args.no_locks)
     async with trio.open_nursery() as nursery:
-        for mountpoint in mountpoints:
-            session = await nursery.start(serve_mount, fs, mountpoint, "kernelsessiontest", options)
+        for mountpoint in args.mountpoints:
+            session = await nursery.start(
+                functools.partial(
+                    serve_mount, fs, mountpoint, "kernelsessiontest", options,
+                    via_fusermount=args.fusermount,
+                )
+            )  # fmt: skip
             fs.sessions.append(session)
         print("ready", flush=True)
 
@@ -377,8 +384,8 @@ if __name__ == "__main__":
     parser.add_argument("--max-write", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--no-locks", action="store_true")
+    parser.add_argument("--fusermount", action="store_true")
     parser.add_argument("mountpoints", nargs="+")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    options = SessionOptions(max_write=args.max_write, locks=not args.no_locks)
-    trio.run(main, args.mountpoints, options, args.timeout)
+    trio.run(main, args)

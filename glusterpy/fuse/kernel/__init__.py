@@ -27,6 +27,7 @@ async def serve_mount(
     fsname: str,
     options: SessionOptions | None = None,
     read_ahead_kb: int | None = None,
+    via_fusermount: bool = False,
     task_status: trio.TaskStatus[Session] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount `fs` on `mountpoint` and serve it until it is unmounted or we are cancelled.
@@ -34,7 +35,7 @@ async def serve_mount(
     The mount is always gone when this returns: cancelling detaches it lazily. `task_status`
     gets the session as soon as the mount exists (before INIT), for its notifications.
     """
-    fd = open_connection(mountpoint, fsname)
+    fd = open_connection(mountpoint, fsname, via_fusermount=via_fusermount)
     try:
         if read_ahead_kb is not None and not set_read_ahead(mountpoint, read_ahead_kb):
             log.info("read-ahead of %s left as the kernel set it", mountpoint)

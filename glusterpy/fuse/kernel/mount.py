@@ -42,15 +42,18 @@ def mount_options(fd: int | None, mountpoint: str, allow_other: bool) -> list[st
     return options
 
 
-def open_connection(mountpoint: str, fsname: str, allow_other: bool = True) -> int:
+def open_connection(
+    mountpoint: str, fsname: str, allow_other: bool = True, via_fusermount: bool = False
+) -> int:
     """Mount a FUSE file system on `mountpoint` and return the connection's fd.
 
-    The fd is non-blocking; the caller owns it and closes it after unmounting.
+    Root mounts directly unless `via_fusermount`; anyone else goes through fusermount3. The fd
+    is non-blocking; the caller owns it and closes it after unmounting.
     """
     mountpoint = os.path.abspath(mountpoint)
     if not os.path.isdir(mountpoint):
         raise OSError(errno.ENOTDIR, f"mountpoint {mountpoint} is not a directory")
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and not via_fusermount:
         fd = _mount_as_root(mountpoint, fsname, allow_other)
     else:
         fd = _mount_with_fusermount(mountpoint, fsname, allow_other)

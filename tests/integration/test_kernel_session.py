@@ -1,0 +1,200 @@
+"""The kernel session on real FUSE mounts, serving the in-memory file system of kernel_session_fs.
+
+Every test mounts in a separate server process (never in pytest's own: touching a mount from
+the process that serves it deadlocks), bounds every wait, and always unmounts lazily and kills
+the server on teardown.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kernel_session_support import Child, connection_number, mounted, wait_until
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SERVER = HERE / "kernel_session_fs.py"
+MIB = 1 << 20
+
+if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
+    pytest.skip("needs /dev/fuse and root", allow_module_level=True)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start a server on N fresh mountpoints: serve(count, *args) -> list of mountpoints."""
+    started: list[tuple[subprocess.Popen, list[Path]]] = []
+
+    def start(count: int = 1, *args: str) -> list[Path]:
+        mounts = []
+        for _ in range(count):
+            mounts.append(tmp_path / f"mnt{len(started)}-{len(mounts)}")
+            mounts[-1].mkdir()
+        log = open(tmp_path / f"server{len(started)}.log", "wb")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        command = [sys.executable, str(SERVER), *args, *map(str, mounts)]
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append((proc, mounts))
+        start.servers.append(proc)  # type: ignore[attr-defined]
+        for mount in mounts:
+            wait_until(lambda m=mount: mounted(m) or proc.poll() is not None, 10, "mount")
+            assert proc.poll() is None, (tmp_path / f"server{len(started) - 1}.log").read_text()
+            os.stat(mount)  # the first access waits for INIT
+        return mounts
+
+    start.servers = [proc for proc, _ in started]  # type: ignore[attr-defined]
+    yield start
+    for proc, mounts in started:
+        for mount in mounts:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _test_value(mount: Path, name: str):
+    return json.loads(os.getxattr(mount, f"user.test.{name}"))
+
+
+# --- plain file system work ------------------------------------------------------------------
+
+
+def test_files_directories_links_and_xattrs(serve):
+    (mnt,) = serve()
+    (mnt / "d").mkdir(mode=0o750)
+    (mnt / "d" / "f").write_bytes(b"hello world")
+    assert (mnt / "d" / "f").read_bytes() == b"hello world"
+    os.symlink("d/f", mnt / "l")
+    assert os.readlink(mnt / "l") == "d/f"
+    assert (mnt / "l").read_bytes() == b"hello world"
+    os.link(mnt / "d" / "f", mnt / "hard")
+    assert os.stat(mnt / "hard").st_nlink == 2
+    os.rename(mnt / "hard", mnt / "d" / "moved")
+    assert sorted(os.listdir(mnt / "d")) == ["f", "moved"]
+    os.truncate(mnt / "d" / "f", 5)
+    assert (mnt / "d" / "f").read_bytes() == b"hello"
+    os.chmod(mnt / "d" / "f", 0o600)
+    assert os.stat(mnt / "d" / "f").st_mode & 0o777 == 0o600
+    os.setxattr(mnt / "d" / "f", "user.colour", b"blue")
+    assert os.getxattr(mnt / "d" / "f", "user.colour") == b"blue"
+    assert os.listxattr(mnt / "d" / "f") == ["user.colour"]
+    os.removexattr(mnt / "d" / "f", "user.colour")
+    with pytest.raises(OSError) as caught:
+        os.getxattr(mnt / "d" / "f", "user.colour")
+    assert caught.value.errno == errno.ENODATA
+    os.unlink(mnt / "d" / "moved")
+    os.unlink(mnt / "d" / "f")
+    os.rmdir(mnt / "d")
+    assert os.statvfs(mnt).f_bsize == 4096
+    assert sorted(os.listdir(mnt)) == ["l"]
+
+
+def test_a_large_directory_lists_completely(serve):
+    (mnt,) = serve()
+    names = {f"file-with-a-longish-name-{i:04d}" for i in range(600)}
+    for name in names:
+        (mnt / name).touch()
+    assert set(os.listdir(mnt)) == names
+    assert {entry.name for entry in os.scandir(mnt) if entry.is_file()} == names
+
+
+# --- INIT and request sizes ------------------------------------------------------------------
+
+
+def _direct_writes(path: Path, size: int, count: int) -> None:
+    buffer = mmap.mmap(-1, size)  # page aligned, as O_DIRECT wants
+    buffer.write(b"x" * size)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    try:
+        for _ in range(count):
+            assert os.write(fd, buffer) == size
+    finally:
+        os.close(fd)
+
+
+def test_one_mib_direct_writes_arrive_as_one_mib_requests(serve):
+    # The short-INIT regression: with a truncated INIT reply the kernel reads max_pages as 0
+    # and splits these writes into 4 KiB requests while everything else still works.
+    (mnt,) = serve()
+    _direct_writes(mnt / "big", MIB, 8)
+    assert _test_value(mnt, "write_sizes") == {str(MIB): 8}
+    (negotiated,) = _test_value(mnt, "session")
+    assert negotiated["max_write"] == MIB and negotiated["max_pages"] == 256
+    assert negotiated["minor"] == 45
+
+
+def test_max_write_option_caps_the_request_size(serve):
+    (mnt,) = serve(1, "--max-write", str(256 * 1024))
+    _direct_writes(mnt / "big", MIB, 2)
+    assert _test_value(mnt, "write_sizes") == {str(256 * 1024): 8}
+
+
+@pytest.fixture
+def fusectl():
+    """/sys/fs/fuse/connections, mounted for the test when it is not already."""
+    connections = Path("/sys/fs/fuse/connections")
+    ours = not mounted(connections)
+    if ours:
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)], check=True)
+    yield connections
+    if ours:
+        subprocess.run(["umount", "-l", str(connections)], timeout=10)
+
+
+def test_background_queue_limits_are_glusterfs_defaults(serve, fusectl):
+    (mnt,) = serve()
+    connection = fusectl / str(connection_number(mnt))
+    assert (connection / "max_background").read_text().strip() == "64"
+    assert (connection / "congestion_threshold").read_text().strip() == "48"
+
+
+def test_mount_through_fusermount3_fd_passing(serve):
+    (mnt,) = serve(1, "--fusermount")
+    (mnt / "f").write_bytes(b"passed")
+    assert (mnt / "f").read_bytes() == b"passed"
+    with open("/proc/self/mountinfo") as f:
+        assert any(str(mnt) in line and "fuse.kernelsessiontest" in line for line in f)
+
+
+# --- notifications ---------------------------------------------------------------------------
+
+
+def test_entry_invalidation_from_inside_a_handler_does_not_deadlock(serve):
+    # 300 s timeouts: without the notification the kernel would keep the dropped name.
+    (mnt,) = serve(1, "--timeout", "300")
+    (mnt / "gone").write_bytes(b"x")
+    assert (mnt / "gone").exists()
+    child = Child(
+        "import os, sys; os.setxattr(sys.argv[1], 'user.test.drop', b'gone'); print('set')",
+        str(mnt),
+    )
+    try:
+        child.expect("set", 10)
+    finally:
+        child.kill()
+    # The notification is written once the kernel lets go of the directory, after the reply.
+    wait_until(lambda: not (mnt / "gone").exists(), 10, "the name to be invalidated")
+
+
+# --- the mount survives its server -----------------------------------------------------------
+
+
+def test_killed_server_leaves_a_mount_that_lazy_unmount_clears(serve):
+    (mnt,) = serve()
+    (mnt / "f").touch()
+    server = serve.servers[-1]
+    server.kill()
+    server.wait(timeout=10)
+    with pytest.raises(OSError) as caught:
+        os.listdir(mnt)
+    assert caught.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    subprocess.run(["umount", "-l", str(mnt)], check=True, timeout=10)
+    assert not mounted(mnt)
