@@ -12,17 +12,13 @@ import json
 import mmap
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from kernel_session_support import Child, connection_number, mounted, wait_until
+from kernel_session_support import Child, Servers, connection_number, mounted, wait_until
 
 pytestmark = pytest.mark.integration
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-SERVER = HERE / "kernel_session_fs.py"
 MIB = 1 << 20
 
 if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
@@ -31,33 +27,9 @@ if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
 
 @pytest.fixture
 def serve(tmp_path):
-    """Start a server on N fresh mountpoints: serve(count, *args) -> list of mountpoints."""
-    started: list[tuple[subprocess.Popen, list[Path]]] = []
-
-    def start(count: int = 1, *args: str) -> list[Path]:
-        mounts = []
-        for _ in range(count):
-            mounts.append(tmp_path / f"mnt{len(started)}-{len(mounts)}")
-            mounts[-1].mkdir()
-        log = open(tmp_path / f"server{len(started)}.log", "wb")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        command = [sys.executable, str(SERVER), *args, *map(str, mounts)]
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        started.append((proc, mounts))
-        start.servers.append(proc)  # type: ignore[attr-defined]
-        for mount in mounts:
-            wait_until(lambda m=mount: mounted(m) or proc.poll() is not None, 10, "mount")
-            assert proc.poll() is None, (tmp_path / f"server{len(started) - 1}.log").read_text()
-            os.stat(mount)  # the first access waits for INIT
-        return mounts
-
-    start.servers = [proc for proc, _ in started]  # type: ignore[attr-defined]
-    yield start
-    for proc, mounts in started:
-        for mount in mounts:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
-        proc.kill()
-        proc.wait(timeout=10)
+    """serve(count, *args) starts a server on `count` fresh mountpoints and returns them."""
+    with Servers(tmp_path) as servers:
+        yield servers
 
 
 def _test_value(mount: Path, name: str):
@@ -190,7 +162,7 @@ def test_entry_invalidation_from_inside_a_handler_does_not_deadlock(serve):
 def test_killed_server_leaves_a_mount_that_lazy_unmount_clears(serve):
     (mnt,) = serve()
     (mnt / "f").touch()
-    server = serve.servers[-1]
+    server = serve.procs[-1]
     server.kill()
     server.wait(timeout=10)
     with pytest.raises(OSError) as caught:
