@@ -741,3 +741,31 @@ def test_forged_handles_are_not_followed(planted):
     os.symlink(outside / "secret", handle_path(brick, f))
     run_brick(brick, attack)
     outside_untouched(outside)
+
+
+def test_a_requested_gfid_already_in_use_is_not_reused(tmp_path):
+    f = new_gfid()
+
+    async def body(p):
+        fh, _ = await p.create(ROOT, b"f", os.O_WRONLY, 0o644, 0, 0, f)
+        await p.release(fh)
+        for name, taken in ((b"manual1", ROOT), (b"manual2", f)):
+            os.mkdir(tmp_path / name.decode())
+            iatt, _ = await p.lookup(ROOT, name, {"gfid-req": taken})
+            assert iatt.gfid not in (ROOT, f)
+        assert (await p.stat(f)).gfid == f
+        assert (await p.stat(ROOT)).ino == 1
+
+    run_brick(tmp_path, body)
+
+
+def test_setattr_through_a_directory_handle(tmp_path):
+    async def body(p):
+        d = new_gfid()
+        await p.mkdir(ROOT, b"d", 0o755, 0, 0, d)
+        dh = await p.opendir(d)
+        iatt = await p.setattr(d, SetAttr(mode=0o711), dh)
+        assert stat.S_IMODE(iatt.mode) == 0o711
+        await p.releasedir(dh)
+
+    run_brick(tmp_path, body)

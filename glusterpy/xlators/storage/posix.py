@@ -164,7 +164,9 @@ class Posix(Translator):
         return await run_blocking(self.ops.fstat, f.gfid, f.fd)
 
     async def setattr(self, gfid: bytes, attr: SetAttr, fh: int | None = None) -> Iatt:
-        fd = None if fh is None else self._file(fh).fd
+        fd = None
+        if fh is not None:
+            fd = self._dirs[fh].fd if fh in self._dirs else self._file(fh).fd
         return await run_blocking(self.ops.setattr, gfid, attr, fd)
 
     async def readlink(self, gfid: bytes) -> bytes:

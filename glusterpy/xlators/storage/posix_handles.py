@@ -248,18 +248,21 @@ class HandleTree:
         finally:
             os.close(hdir)
 
-    def has_handle(self, gfid: bytes) -> bool:
+    def handle_ino(self, gfid: bytes) -> int | None:
+        """The inode number of the handle of `gfid` itself, None when there is none."""
         try:
             hdir = self.handle_dir(gfid)
         except FileNotFoundError:
-            return False
+            return None
         try:
-            os.stat(canonical(gfid), dir_fd=hdir, follow_symlinks=False)
-            return True
+            return os.stat(canonical(gfid), dir_fd=hdir, follow_symlinks=False).st_ino
         except FileNotFoundError:
-            return False
+            return None
         finally:
             os.close(hdir)
+
+    def has_handle(self, gfid: bytes) -> bool:
+        return self.handle_ino(gfid) is not None
 
     # --- the parent cache -------------------------------------------------------------------
 

@@ -98,11 +98,16 @@ class BrickOps:
         if self._hidden(parent, name):
             raise error(errno.EPERM, f"{name.decode()} is reserved by the brick")
 
+    def _usable_new_gfid(self, want: Any) -> bool:
+        if not isinstance(want, bytes) or len(want) != 16:
+            return False
+        return want not in (ROOT_GFID, bytes(16)) and not self.tree.has_handle(want)
+
     def identify(self, parent: bytes, parent_fd: int, name: bytes, obj: Obj, want: Any) -> bytes:
         """The gfid of `obj`, giving it a gfid and a handle when it was placed by hand."""
         gfid = read_gfid(obj.fd)
         if gfid is None:
-            gfid = want if isinstance(want, bytes) and len(want) == 16 else uuid.uuid4().bytes
+            gfid = want if self._usable_new_gfid(want) else uuid.uuid4().bytes
             try:
                 os.setxattr(proc_path(obj.fd), GFID_XATTR, gfid, os.XATTR_CREATE)
                 log.info("gave gfid %s to %r found in the brick", uuid.UUID(bytes=gfid), name)
@@ -117,9 +122,10 @@ class BrickOps:
             try:
                 self.tree.link_handle(parent_fd, name, gfid)
             except FileExistsError:
-                log.warning(
-                    "gfid %s of %r is also used by another file", uuid.UUID(bytes=gfid), name
-                )
+                if self.tree.handle_ino(gfid) != obj.st.st_ino:
+                    log.warning(
+                        "gfid %s of %r is also used by another file", uuid.UUID(bytes=gfid), name
+                    )
             obj.st = os.fstat(obj.fd)
         return gfid
 
