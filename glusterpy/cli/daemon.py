@@ -74,9 +74,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         trio.run(_serve, graph, args.volfile)
     except BaseExceptionGroup as group:
-        _fail_start(args.volfile, _first_error(group))
+        _fail_start(args, _first_error(group))
     except (OSError, ValueError) as e:
-        _fail_start(args.volfile, e)
+        _fail_start(args, e)
     finally:
         if args.pid_file:
             _remove_pid_file(args.pid_file)
@@ -84,14 +84,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fail_start(volfile: str, error: BaseException) -> None:
+def _fail_start(args: argparse.Namespace, error: BaseException) -> None:
+    volfile = args.volfile
     if isinstance(error, OSError) and error.strerror:
         text = error.strerror + (f": {error.filename}" if error.filename else "")
     elif isinstance(error, (OSError, ValueError, VolfileError)):
         text = str(error)
     else:
         raise error
-    log.error("%s: %s", volfile, text)
+    if args.log_file:
+        # On stderr the error line below says it already; a log file gets it too.
+        log.error("%s: %s", volfile, text)
     raise UserError(f"{volfile}: {text}") from None
 
 

@@ -151,7 +151,8 @@ class Client(Translator):
                 except trio.TooSlowError:
                     problem = f"brick {self.brick} did not answer within {self.ping_timeout} s"
                 except (OSError, ConnectionLost, codec.FrameError) as e:
-                    problem = f"cannot connect to brick {self.brick} ({self.subvolume}): {e}"
+                    why = _describe(e)
+                    problem = f"cannot connect to brick {self.brick} ({self.subvolume}): {why}"
                 else:
                     last_problem = None
                     delay = MIN_BACKOFF
@@ -168,10 +169,7 @@ class Client(Translator):
     async def _connect(self) -> Connection:
         """A connection whose handshake the brick accepted."""
         with trio.fail_after(self.ping_timeout):
-            try:
-                stream = await trio.open_tcp_stream(self.host, self.port)
-            except OSError as e:
-                raise OSError(e.errno, e.strerror or str(e)) from None
+            stream = await trio.open_tcp_stream(self.host, self.port)
             conn = Connection(stream.socket, self.brick)
             try:
                 set_nodelay(stream.socket, self.options["transport.socket.nodelay"])
@@ -362,6 +360,18 @@ class Client(Translator):
         except OSError as e:
             if e.errno != errno.ENOTCONN:
                 raise
+
+
+def _describe(e: BaseException) -> str:
+    """A connection failure in words; trio hides the reason of a refused connect in a group."""
+    cause = e.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
 
 
 def _make_fop(name: str) -> Any:
