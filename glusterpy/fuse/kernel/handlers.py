@@ -101,7 +101,15 @@ class Handlers:
 
     async def lookup(self, req: Request) -> Payload:
         name, _ = abi.cstring(req.body)
-        return _entry(await self.fs.lookup(req.nodeid, name))
+        try:
+            return _entry(await self.fs.lookup(req.nodeid, name))
+        except OSError as exc:
+            negative = getattr(self.fs, "negative_timeout", 0.0)
+            if exc.errno != errno.ENOENT or not negative > 0:
+                raise
+        # Node 0 with a timeout: the kernel remembers for that long that the name is absent.
+        seconds, nanoseconds = abi.split_seconds(negative)
+        return abi.ENTRY_OUT.pack(0, 0, seconds, 0, nanoseconds, 0, *[0] * 16)
 
     async def getattr(self, req: Request) -> Payload:
         flags, _, fh = abi.GETATTR_IN.unpack_from(req.body)

@@ -43,7 +43,11 @@ def mount_options(fd: int | None, mountpoint: str, allow_other: bool) -> list[st
 
 
 def open_connection(
-    mountpoint: str, fsname: str, allow_other: bool = True, via_fusermount: bool = False
+    mountpoint: str,
+    fsname: str,
+    allow_other: bool = True,
+    via_fusermount: bool = False,
+    device: str = "/dev/fuse",
 ) -> int:
     """Mount a FUSE file system on `mountpoint` and return the connection's fd.
 
@@ -54,7 +58,7 @@ def open_connection(
     if not os.path.isdir(mountpoint):
         raise OSError(errno.ENOTDIR, f"mountpoint {mountpoint} is not a directory")
     if os.geteuid() == 0 and not via_fusermount:
-        fd = _mount_as_root(mountpoint, fsname, allow_other)
+        fd = _mount_as_root(mountpoint, fsname, allow_other, device)
     else:
         fd = _mount_with_fusermount(mountpoint, fsname, allow_other)
     os.set_blocking(fd, False)
@@ -62,8 +66,8 @@ def open_connection(
     return fd
 
 
-def _mount_as_root(mountpoint: str, fsname: str, allow_other: bool) -> int:
-    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+def _mount_as_root(mountpoint: str, fsname: str, allow_other: bool, device: str) -> int:
+    fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     data = ",".join(mount_options(fd, mountpoint, allow_other))
     source = fsname.encode()
     fstype = b"fuse." + _subtype(fsname)
