@@ -16,7 +16,6 @@ from glusterpy.volfile.options import Option
 # A volfile naming one is told so plainly instead of getting "unknown type".
 KNOWN_UNSUPPORTED = frozenset(
     {
-        "cluster/replicate",
         "cluster/distribute",
         "cluster/nufa",
         "cluster/switch",
@@ -38,7 +37,6 @@ KNOWN_UNSUPPORTED = frozenset(
         "debug/io-stats",
         "debug/trace",
         "debug/error-gen",
-        "features/index",
         "features/upcall",
         "features/leases",
         "features/changelog",

@@ -1,0 +1,248 @@
+"""Transactions of cluster/replicate: lock, pre-op, fop on all children, post-op, unlock.
+
+The guarantee kept: when a modifying fop returns success, every child that took part has
+applied it, and every child that missed it (down, failed, or not reached) is still accused by
+the pre-op's +1 on the children that applied it. The post-op takes back the +1 only for the
+children where the fop succeeded; when it succeeded nowhere nothing diverged, so all counters
+are taken back.
+
+Locks are taken first non-blocking on all children at once; on any conflict the taken locks are
+dropped and blocking locks are taken one child at a time in child order, so two transactions
+never wait for each other crosswise (the order is the same for every client).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from glusterpy.xlator import Flock, Translator, error
+from glusterpy.xlators.cluster import _afr_changelog as changelog
+
+if TYPE_CHECKING:
+    from glusterpy.xlators.cluster.replicate import Replicate
+
+log = logging.getLogger(__name__)
+
+# What features/locks answers when a non-blocking lock conflicts with another owner's.
+_CONFLICT = {errno.EAGAIN, errno.EACCES, errno.EBUSY}
+# Lock ranges of the metadata domain cover the whole inode: metadata has no byte range.
+WHOLE = (0, 0)
+
+ChildCall = Callable[[int, Translator], Awaitable[Any]]
+
+
+async def fan_out(afr: Replicate, children: Iterable[int], call: ChildCall) -> dict[int, Any]:
+    """Run `call(i, child_i)` on the given children in parallel.
+
+    Answers a dict child index -> result, or the OSError that child raised. A child answering
+    ENOTCONN is marked down.
+    """
+    results: dict[int, Any] = {}
+
+    async def one(i: int) -> None:
+        try:
+            results[i] = await call(i, afr.children[i])
+        except OSError as exc:
+            results[i] = exc
+            afr.child_failed(i, exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in children:
+            nursery.start_soon(one, i)
+    return results
+
+
+def successes(results: dict[int, Any]) -> list[int]:
+    return sorted(i for i, r in results.items() if not isinstance(r, OSError))
+
+
+def first_error(results: dict[int, Any]) -> OSError:
+    """The error to report when no child succeeded: a real answer beats 'not connected'."""
+    errors = [r for _, r in sorted(results.items()) if isinstance(r, OSError)]
+    for exc in errors:
+        if exc.errno != errno.ENOTCONN:
+            return exc
+    return errors[0] if errors else error(errno.ENOTCONN, "no subvolume is up")
+
+
+def first_success(results: dict[int, Any]) -> Any:
+    """The answer of the lowest-numbered child that succeeded, or the error to raise."""
+    good = successes(results)
+    if not good:
+        raise first_error(results)
+    return results[good[0]]
+
+
+@dataclass(frozen=True, slots=True)
+class InodeLock:
+    domain: str
+    gfid: bytes
+    start: int
+    length: int
+
+    async def take(self, child: Translator, owner: bytes, blocking: bool) -> None:
+        cmd = fcntl.F_SETLKW if blocking else fcntl.F_SETLK
+        lock = Flock(fcntl.F_WRLCK, self.start, self.length, 0, owner)
+        await child.inodelk(self.domain, self.gfid, cmd, lock)
+
+    async def drop(self, child: Translator, owner: bytes) -> None:
+        lock = Flock(fcntl.F_UNLCK, self.start, self.length, 0, owner)
+        await child.inodelk(self.domain, self.gfid, fcntl.F_SETLK, lock)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryLock:
+    domain: str
+    parent: bytes
+    name: bytes | None
+
+    async def take(self, child: Translator, owner: bytes, blocking: bool) -> None:
+        await child.entrylk(
+            self.domain, self.parent, self.name, "lock" if blocking else "trylock", owner
+        )
+
+    async def drop(self, child: Translator, owner: bytes) -> None:
+        await child.entrylk(self.domain, self.parent, self.name, "unlock", owner)
+
+
+Lock = InodeLock | EntryLock
+
+
+class LockSet:
+    """Locks of one owner on several children; `held[i]` lists the locks held on child i."""
+
+    def __init__(self, afr: Replicate, locks: Sequence[Lock]):
+        self.afr = afr
+        self.locks = list(locks)
+        self.owner = os.urandom(8)
+        self.held: dict[int, list[Lock]] = {}
+
+    async def acquire(self, candidates: Sequence[int]) -> list[int]:
+        """Lock on as many of `candidates` as answer; returns the children locked."""
+        conflict = await self._try_all(candidates)
+        if conflict:
+            await self.release()
+            await self._block_in_order(candidates)
+        return sorted(self.held)
+
+    async def _try_all(self, candidates: Sequence[int]) -> bool:
+        async def take(i: int, child: Translator) -> None:
+            await self._take_on(i, child, blocking=False)
+
+        results = await fan_out(self.afr, candidates, take)
+        return any(isinstance(r, OSError) and r.errno in _CONFLICT for r in results.values())
+
+    async def _block_in_order(self, candidates: Sequence[int]) -> None:
+        for i in sorted(candidates):
+            try:
+                await self._take_on(i, self.afr.children[i], blocking=True)
+            except OSError as exc:
+                self.afr.child_failed(i, exc)
+                if exc.errno != errno.ENOTCONN:
+                    raise
+
+    async def _take_on(self, i: int, child: Translator, blocking: bool) -> None:
+        taken: list[Lock] = []
+        try:
+            for lock in self.locks:
+                await lock.take(child, self.owner, blocking)
+                taken.append(lock)
+        except BaseException:
+            if taken:
+                self.held[i] = taken
+            raise
+        self.held[i] = taken
+
+    async def release(self) -> None:
+        held, self.held = self.held, {}
+
+        async def drop(i: int, child: Translator) -> None:
+            for lock in reversed(held[i]):
+                await lock.drop(child, self.owner)
+
+        with trio.CancelScope(shield=True):
+            results = await fan_out(self.afr, held, drop)
+        for i, r in results.items():
+            if isinstance(r, OSError) and r.errno != errno.ENOTCONN:
+                log.warning(
+                    "%s: unlock on %s failed: %s", self.afr.name, self.afr.children[i].name, r
+                )
+
+
+class Transaction:
+    """One modifying fop of kind data, metadata or entry, on the objects in `targets`.
+
+    `targets` are the gfids whose counters mark the change (the object itself for data and
+    metadata, the parent directories for entry fops).
+    """
+
+    def __init__(self, afr: Replicate, kind: int, targets: Sequence[bytes], locks: Sequence[Lock]):
+        self.afr = afr
+        self.kind = kind
+        self.targets = list(dict.fromkeys(targets))
+        self.locks = LockSet(afr, locks)
+        self.marked: dict[int, list[bytes]] = {}
+
+    async def run(self, call: ChildCall, children: Iterable[int] | None = None) -> dict[int, Any]:
+        """Run `call` on the children under the transaction; answers the per-child results."""
+        self.afr.check_quorum()
+        candidates = self.afr.up_children() if children is None else list(children)
+        candidates = [i for i in candidates if self.afr.is_up(i)]
+        if not candidates:
+            raise error(errno.ENOTCONN, f"{self.afr.name}: no subvolume is up")
+        try:
+            locked = await self.locks.acquire(candidates)
+            if not locked:
+                raise error(errno.ENOTCONN, f"{self.afr.name}: no subvolume could be locked")
+            ready = await self._pre_op(locked)
+            results = await fan_out(self.afr, ready, call)
+            await self._post_op(successes(results))
+        finally:
+            await self.locks.release()
+        self.afr.note_outcome(self.kind, self.targets, successes(results))
+        return results
+
+    def _changelog_on(self) -> bool:
+        return self.afr.change_log[self.kind]
+
+    async def _pre_op(self, locked: list[int]) -> list[int]:
+        if not self._changelog_on():
+            return locked
+        operand = {key: changelog.delta(self.kind, 1) for key in self.afr.keys}
+
+        async def mark(i: int, child: Translator) -> None:
+            for gfid in self.targets:
+                await child.xattrop(gfid, "add-array", operand)
+                self.marked.setdefault(i, []).append(gfid)
+
+        results = await fan_out(self.afr, locked, mark)
+        return [i for i in locked if not isinstance(results[i], OSError)]
+
+    async def _post_op(self, succeeded: list[int]) -> None:
+        if not self._changelog_on() or not self.marked:
+            return
+        cleared = set(succeeded) if succeeded else set(range(len(self.afr.children)))
+        operand = {
+            key: changelog.delta(self.kind, -1 if j in cleared else 0)
+            for j, key in enumerate(self.afr.keys)
+        }
+
+        async def unmark(i: int, child: Translator) -> None:
+            for gfid in self.marked[i]:
+                await child.xattrop(gfid, "add-array", operand)
+
+        with trio.CancelScope(shield=True):
+            results = await fan_out(self.afr, self.marked, unmark)
+        for i, r in results.items():
+            if isinstance(r, OSError) and r.errno != errno.ENOTCONN:
+                log.warning(
+                    "%s: post-op on %s failed: %s", self.afr.name, self.afr.children[i].name, r
+                )
