@@ -202,17 +202,19 @@ class HandleTree:
             raise
         return fd
 
-    def link_handle(self, parent_fd: int, name: bytes, gfid: bytes) -> None:
-        """Hard-link the non-directory `name` in `parent_fd` as the handle of `gfid`."""
+    def link_handle(self, parent_fd: int, name: bytes, gfid: bytes, ino: int) -> None:
+        """Hard-link the non-directory `name` (inode `ino`) as the handle of `gfid`.
+
+        The link is made by name, so it is checked afterwards: if `name` was swapped for
+        another inode meanwhile, the wrong handle is removed again (ESTALE).
+        """
         hdir = self.handle_dir(gfid, create=True)
+        handle = canonical(gfid)
         try:
-            os.link(
-                name,
-                canonical(gfid),
-                src_dir_fd=parent_fd,
-                dst_dir_fd=hdir,
-                follow_symlinks=False,
-            )
+            os.link(name, handle, src_dir_fd=parent_fd, dst_dir_fd=hdir, follow_symlinks=False)
+            if os.stat(handle, dir_fd=hdir, follow_symlinks=False).st_ino != ino:
+                os.unlink(handle, dir_fd=hdir)
+                raise error(errno.ESTALE, f"{name!r} changed while its handle was made")
         finally:
             os.close(hdir)
 

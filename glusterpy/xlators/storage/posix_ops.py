@@ -120,7 +120,7 @@ class BrickOps:
                 self.tree.remember(gfid, parent, name)
         elif obj.st.st_nlink == 1:
             try:
-                self.tree.link_handle(parent_fd, name, gfid)
+                self.tree.link_handle(parent_fd, name, gfid, obj.st.st_ino)
             except FileExistsError:
                 if self.tree.handle_ino(gfid) != obj.st.st_ino:
                     log.warning(
@@ -264,7 +264,7 @@ class BrickOps:
         if obj.is_dir:
             self.tree.set_dir_handle(gfid, parent, name)
         else:
-            self.tree.link_handle(parent_fd, name, gfid)
+            self.tree.link_handle(parent_fd, name, gfid, obj.st.st_ino)
         return make_iatt(gfid, os.fstat(obj.fd))
 
     @staticmethod
