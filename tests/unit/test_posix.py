@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from glusterpy.volfile import registry
-from glusterpy.xlator import ROOT_GFID, SetAttr, blocking_calls_in
+from glusterpy.xlator import ROOT_GFID, Event, SetAttr, Translator, blocking_calls_in
 from glusterpy.xlators.storage.posix import Posix
 
 ROOT = ROOT_GFID
@@ -769,3 +769,21 @@ def test_setattr_through_a_directory_handle(tmp_path):
         await p.releasedir(dh)
 
     run_brick(tmp_path, body)
+
+
+def test_start_tells_parents_the_brick_is_up(tmp_path):
+    heard = []
+
+    class Parent(Translator):
+        def notify(self, event, child):
+            heard.append((event, child.name))
+
+    posix = Posix("posix", [], posix_options(str(tmp_path)))
+    Parent("parent", [posix], {})
+
+    async def main():
+        await posix.start(None)
+        await posix.stop()
+
+    trio.run(main)
+    assert heard == [(Event.CHILD_UP, "posix")]

@@ -21,6 +21,7 @@ import trio
 from glusterpy.volfile.options import Bool, Int, Option, Path
 from glusterpy.xlator import (
     DirEntry,
+    Event,
     Iatt,
     SetAttr,
     StatVfs,
@@ -128,6 +129,8 @@ class Posix(Translator):
     async def start(self, nursery: trio.Nursery) -> None:
         self.tree.open()
         log.info("brick %s serves %s", self.name, self.tree.directory)
+        # A local disk is up as soon as it is open; parents (replicate) count on hearing it.
+        self.emit(Event.CHILD_UP)
 
     async def stop(self) -> None:
         for handle in [*self._files.values(), *self._dirs.values()]:
