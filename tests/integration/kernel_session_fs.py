@@ -252,8 +252,10 @@ class MemFS:
         self._drop(ino, lambda held: held.owner == lock_owner and not held.flock)
 
     async def release(self, fh) -> None:
+        # As the bricks' features/locks does: the last close drops the file's flock locks only;
+        # POSIX locks go with FLUSH, and OFD locks are the session's to unlock.
         ino = self.handles.pop(fh)
-        self._drop(ino, lambda held: held.fh == fh)
+        self._drop(ino, lambda held: held.fh == fh and held.flock)
 
     async def fsync(self, fh, datasync) -> None:
         pass

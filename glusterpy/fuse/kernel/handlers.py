@@ -2,8 +2,14 @@
 
 The file system is the binding-neutral bridge (glusterpy.fuse.bridge) or anything with the same
 method names. A handler returns the reply payload (bytes, a list of buffers, or None for an
-empty reply) and lets OSError through; the session turns errors into error replies. Handlers
-hold no state of their own between requests, so any number of them may run at once.
+empty reply) and lets OSError through; the session turns errors into error replies. Any number
+of handlers may run at once.
+
+The one piece of state kept here is which POSIX lock owners took locks through each open file
+and have not closed it since (`_lock_owners`). A process's own locks go with the FLUSH of its
+close, which names it; an OFD lock's owner is the open file itself, which no FLUSH names, and
+the kernel sends no unlock for it. So whatever owners are left when the file is released are
+OFD owners, and we unlock them before the release.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class Handlers:
 
     def __init__(self, fs: Any):
         self.fs = fs
+        self._lock_owners: dict[int, set[int]] = {}
         self.table: dict[int, Handler] = {
             Op.LOOKUP: self.lookup, Op.GETATTR: self.getattr, Op.SETATTR: self.setattr,
             Op.READLINK: self.readlink, Op.SYMLINK: self.symlink, Op.MKNOD: self.mknod,
@@ -203,18 +210,24 @@ class Handlers:
 
     async def flush(self, req: Request) -> Payload:
         fh, _, _, lock_owner = abi.FLUSH_IN.unpack_from(req.body)
+        self._lock_owners.get(fh, set()).discard(lock_owner)
         await self.fs.flush(fh, lock_owner)
 
     async def release(self, req: Request) -> Payload:
         fh, _, release_flags, lock_owner = abi.RELEASE_IN.unpack_from(req.body)
         if release_flags & abi.RELEASE_FLOCK_UNLOCK and Op.SETLK in self.table:
             # The kernel never sends the flock unlock of a last close; it asks us here.
-            unlock = Flock(fcntl.F_UNLCK, 0, 0, req.pid, _owner(lock_owner), flock=True)
-            try:
-                await self.fs.setlk(fh, lock_owner, unlock, False)
-            except OSError as exc:
-                log.debug("flock unlock on release of fh %d failed: %s", fh, exc)
+            await self._unlock(fh, lock_owner, req.pid, flock=True)
+        for owner in self._lock_owners.pop(fh, ()):
+            await self._unlock(fh, owner, req.pid, flock=False)
         await self.fs.release(fh)
+
+    async def _unlock(self, fh: int, owner: int, pid: int, flock: bool) -> None:
+        unlock = Flock(fcntl.F_UNLCK, 0, 0, pid, _owner(owner), flock=flock)
+        try:
+            await self.fs.setlk(fh, owner, unlock, False)
+        except OSError as exc:
+            log.debug("unlock of owner %#x on release of fh %d failed: %s", owner, fh, exc)
 
     async def fsync(self, req: Request) -> Payload:
         fh, flags, _ = abi.FSYNC_IN.unpack_from(req.body)
@@ -289,6 +302,8 @@ class Handlers:
     async def setlk(self, req: Request) -> Payload:
         fh, owner, lock = _decode_lock(req.body)
         await self.fs.setlk(fh, owner, lock, req.opcode == Op.SETLKW)
+        if not lock.flock and lock.type != fcntl.F_UNLCK:
+            self._lock_owners.setdefault(fh, set()).add(owner)
 
 
 def _time(valid: int, bit: int, now_bit: int, sec: int, nsec: int, now: int) -> int | None:
