@@ -787,3 +787,20 @@ def test_start_tells_parents_the_brick_is_up(tmp_path):
 
     trio.run(main)
     assert heard == [(Event.CHILD_UP, "posix")]
+
+
+def test_lookup_repairs_the_handle_of_a_directory_moved_by_hand(tmp_path):
+    a = new_gfid()
+
+    async def make(p):
+        await p.mkdir(ROOT, b"a", 0o755, 0, 0, a)
+
+    async def find(p):
+        await raises_errno(errno.ENOENT, p.stat(a))
+        assert (await p.lookup(ROOT, b"moved"))[0].gfid == a
+        assert (await p.stat(a)).gfid == a
+
+    run_brick(tmp_path, make)
+    os.rename(tmp_path / "a", tmp_path / "moved")
+    run_brick(tmp_path, find)
+    assert os.readlink(handle_path(tmp_path, a)).endswith("/moved")

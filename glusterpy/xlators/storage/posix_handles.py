@@ -232,6 +232,23 @@ class HandleTree:
             os.close(hdir)
         self.remember(gfid, parent, name)
 
+    def ensure_dir_handle(self, gfid: bytes, parent: bytes, name: bytes) -> None:
+        """Make the handle of directory `gfid` point at (parent, name) if it does not yet."""
+        try:
+            hdir = self.handle_dir(gfid)
+            try:
+                text = os.readlink(canonical(gfid), dir_fd=hdir)
+            finally:
+                os.close(hdir)
+        except OSError:
+            text = None
+        if text != dir_handle_target(parent, name):
+            if text is not None:
+                log.info("handle of directory %s was stale; now %r", uuid.UUID(bytes=gfid), name)
+            self.set_dir_handle(gfid, parent, name)
+        else:
+            self.remember(gfid, parent, name)
+
     def remove_handle(self, gfid: bytes, ino: int | None = None) -> None:
         """Remove the handle of `gfid`; with `ino`, only if the handle still is that inode."""
         self.forget(gfid)

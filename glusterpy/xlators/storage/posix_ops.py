@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -81,11 +82,16 @@ def renameat2(src_fd: int, src: bytes, dst_fd: int, dst: bytes, flags: int) -> N
 
 
 class BrickOps:
-    """Blocking implementations of the posix fops, addressed by gfid (+ name)."""
+    """Blocking implementations of the posix fops, addressed by gfid (+ name).
+
+    Directory renames hold one threading lock across the rename and the handle rewrite, so
+    concurrent renames of one directory leave its handle naming where it really is.
+    """
 
     def __init__(self, tree: HandleTree, export_statfs_size: bool = True):
         self.tree = tree
         self.export_statfs_size = export_statfs_size
+        self._dir_rename_lock = threading.Lock()
 
     # --- names and identity -----------------------------------------------------------------
 
@@ -114,10 +120,7 @@ class BrickOps:
             except FileExistsError:
                 gfid = read_gfid(obj.fd) or gfid
         if obj.is_dir:
-            if not self.tree.has_handle(gfid):
-                self.tree.set_dir_handle(gfid, parent, name)
-            else:
-                self.tree.remember(gfid, parent, name)
+            self.tree.ensure_dir_handle(gfid, parent, name)
         elif obj.st.st_nlink == 1:
             try:
                 self.tree.link_handle(parent_fd, name, gfid, obj.st.st_ino)
@@ -372,9 +375,13 @@ class BrickOps:
             except FileNotFoundError:
                 target = None
             gfid = read_gfid(src.fd)
-            renameat2(op.fd, oldname, np_.fd, newname, flags)
             if src.is_dir and gfid is not None:
-                self.tree.set_dir_handle(gfid, newparent, newname)
+                # Serialised so that the handle ends up naming where the last rename put it.
+                with self._dir_rename_lock:
+                    renameat2(op.fd, oldname, np_.fd, newname, flags)
+                    self.tree.set_dir_handle(gfid, newparent, newname)
+            else:
+                renameat2(op.fd, oldname, np_.fd, newname, flags)
             if target is not None and target.st.st_ino != src.st.st_ino:
                 self._drop_replaced(target)
 
