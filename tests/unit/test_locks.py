@@ -342,3 +342,19 @@ def test_trace_logs_lock_requests_at_info(caplog):
         caplog.clear()
         run(body)
         assert caplog.records == []
+
+
+def test_a_blocking_lock_that_would_deadlock_fails_with_edeadlk():
+    async def body(locks, child):
+        fh = await locks.open(GFID, 2)
+        await locks.lk(fh, F_SETLK, lock(F_WRLCK, 0, 1, b"c:a"))
+        await locks.lk(fh, F_SETLK, lock(F_WRLCK, 1, 1, b"c:b"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(locks.lk, fh, F_SETLKW, lock(F_WRLCK, 1, 1, b"c:a"))
+            await trio.testing.wait_all_tasks_blocked()
+            await expect_errno(errno.EDEADLK, locks.lk(fh, F_SETLKW, lock(F_WRLCK, 0, 1, b"c:b")))
+            assert locks.posix.waiting(GFID) == 1
+            await locks.lk(fh, F_SETLK, lock(F_UNLCK, 0, 0, b"c:b"))
+        assert spans(locks) == [(F_WRLCK, 0, 2, b"c:a")]
+
+    run(body)

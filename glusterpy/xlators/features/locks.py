@@ -9,6 +9,8 @@ Invariants:
 - A holder never conflicts with itself; a POSIX holder is the lock owner, a flock holder the
   open file (its handle). A holder's POSIX locks on one inode never overlap: a new lock
   replaces the overlapped parts and merges with adjacent locks of the same type.
+- A blocking fcntl lock that would close a cycle of owners waiting on each other fails with
+  EDEADLK instead of waiting forever.
 - Blocked requests wait in FIFO order per key; whenever locks change, each waiter that no
   longer conflicts with a held lock is granted, in order. A cancelled waiter leaves its queue
   at once (trio abort), so it never holds anything.
@@ -128,9 +130,11 @@ class LockTable(Generic[L]):
         self,
         conflict: Callable[[L, L], bool],
         apply: Callable[[list[L], L], list[L]],
+        holder_of: Callable[[L], Hashable] | None = None,
     ):
         self._conflict = conflict
         self._apply = apply
+        self._holder_of = holder_of
         self._held: dict[Hashable, list[L]] = {}
         self._waiters: dict[Hashable, list[_Waiter[L]]] = {}
 
@@ -161,6 +165,8 @@ class LockTable(Generic[L]):
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.try_acquire(key, request):
             return
+        if self._holder_of is not None and self._would_deadlock(key, request):
+            raise error(errno.EDEADLK, "waiting would deadlock")
         waiter = _Waiter(request, trio.lowlevel.current_task())
         self._waiters.setdefault(key, []).append(waiter)
 
@@ -169,6 +175,30 @@ class LockTable(Generic[L]):
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _blockers(self, key: Hashable, request: L) -> list[Hashable]:
+        assert self._holder_of is not None
+        held = self._held.get(key, ())
+        return [self._holder_of(lock) for lock in held if self._conflict(lock, request)]
+
+    def _would_deadlock(self, key: Hashable, request: L) -> bool:
+        """True when the holders blocking `request` wait, through a chain, for its holder."""
+        assert self._holder_of is not None
+        me = self._holder_of(request)
+        seen: set[Hashable] = set()
+        frontier = self._blockers(key, request)
+        while frontier:
+            holder = frontier.pop()
+            if holder == me:
+                return True
+            if holder in seen:
+                continue
+            seen.add(holder)
+            for wkey, queue in self._waiters.items():
+                for waiter in queue:
+                    if self._holder_of(waiter.request) == holder:
+                        frontier += self._blockers(wkey, waiter.request)
+        return False
 
     def change(self, key: Hashable, update: Callable[[list[L]], list[L]]) -> None:
         """Replace the held locks of `key` with `update(held)`, then grant what now fits."""
@@ -252,7 +282,9 @@ class Locks(Translator):
         super().__init__(name, children, options)
         self._level = logging.INFO if options.get("trace") else logging.DEBUG
         self._fh_gfid: dict[int, bytes] = {}
-        self.posix = LockTable(range_conflict, range_apply)
+        # Only fcntl locks detect deadlocks (EDEADLK, as the kernel does); replicate takes
+        # inodelk and entrylk in a fixed order, so those tables need not.
+        self.posix = LockTable(range_conflict, range_apply, lambda lock: lock.holder)
         self.inode = LockTable(range_conflict, range_apply)
         self.entry = LockTable(entry_conflict, entry_apply)
 
