@@ -189,6 +189,11 @@ def test_open_never_creates_and_truncates_on_request(tmp_path):
 def test_unknown_handles_are_ebadf(tmp_path):
     async def body(p):
         await raises_errno(errno.EBADF, p.read(99, 0, 1))
+        fh, _ = await p.create(ROOT, b"f", os.O_RDWR, 0o644, 0, 0, new_gfid())
+        await raises_errno(errno.EINVAL, p.read(fh, 0, 1 << 40))
+        await raises_errno(errno.EINVAL, p.read(fh, -1, 1))
+        await raises_errno(errno.EINVAL, p.write(fh, -1, b"x"))
+        await p.release(fh)
         await raises_errno(errno.EBADF, p.write(99, 0, b"x"))
         await raises_errno(errno.EBADF, p.fstat(99))
         await raises_errno(errno.EBADF, p.flush(99, b""))

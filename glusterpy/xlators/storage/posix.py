@@ -34,6 +34,10 @@ from glusterpy.xlators.storage.posix_ops import BrickOps
 
 log = logging.getLogger(__name__)
 
+# A bound on one read so a bad request cannot make the brick allocate without limit; a short
+# read would look like end of file to FUSE, so larger requests are refused, not shortened.
+MAX_READ = 64 << 20
+
 
 @dataclass(slots=True)
 class OpenFile:
@@ -219,8 +223,8 @@ class Posix(Translator):
         return self._add_file(fd, gfid, flags)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        if offset < 0 or size < 0:
-            raise error(errno.EINVAL, "negative offset or size")
+        if offset < 0 or size < 0 or size > MAX_READ:
+            raise error(errno.EINVAL, f"read of {size} bytes at {offset}")
         return await run_blocking(os.pread, self._file(fh).fd, size, offset)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
