@@ -86,6 +86,11 @@ class Connection:
                     raise ConnectionLost(f"sending to {self.peer} failed: {e}") from None
 
     async def _send_all(self, buffers: list[Any]) -> None:
+        if len(buffers) == 1:
+            sent = await self.sock.send(buffers[0])
+            if sent == len(buffers[0]):
+                return  # the common case: a small frame in one call
+            buffers = [memoryview(buffers[0])[sent:]]
         views = [memoryview(b).cast("B") for b in buffers if len(b)]
         while views:
             sent = await self.sock.sendmsg(views)

@@ -38,6 +38,8 @@ HANDSHAKE_TIMEOUT = 20.0
 # Requests one connection may have running at once; the reader waits for a free slot, so a
 # flood of requests slows its sender instead of growing the daemon without bound.
 MAX_IN_FLIGHT = 256
+# Bulk bytes (write data received, read data to send) one connection may hold at once.
+MAX_IN_FLIGHT_BYTES = 64 << 20
 HANDLE_FOPS = frozenset(
     {"fstat", "read", "write", "flush", "fsync", "release", "readdir", "releasedir", "fsyncdir"}
     | {"lk"}
@@ -194,6 +196,27 @@ class Server(Translator):
         return 0, ""
 
 
+class ByteBudget:
+    """Counts bytes in use against a limit; `take` waits until enough are given back."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._freed = trio.Event()
+
+    async def take(self, size: int) -> int:
+        size = min(size, self.limit)  # one huge request must still be able to run
+        while self.used + size > self.limit:
+            await self._freed.wait()
+        self.used += size
+        return size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+        self._freed = trio.Event()
+
+
 class Session:
     """One accepted connection: its handle table, its lock-owner prefix, its running requests."""
 
@@ -206,6 +229,7 @@ class Session:
         self.handles: dict[int, tuple[int, bool]] = {}
         self._next_handle = itertools.count(1)
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
+        self._bytes = ByteBudget(MAX_IN_FLIGHT_BYTES)
 
     async def run(self) -> None:
         name, peer = self.server.name, self.conn.peer
@@ -239,14 +263,24 @@ class Session:
             fop = codec.fop_name(frame.second)
             args = codec.decode_args(fop, frame.body, frame.payload)
             await self._slots.acquire()
-            nursery.start_soon(self._answer, frame, fop, args)
+            size = len(frame.payload) if frame.payload is not None else 0
+            if fop == "read":
+                size += max(args[2], 0)
+            size = await self._bytes.take(size)
+            nursery.start_soon(self._answer, frame, fop, args, size)
 
-    async def _answer(self, frame: Frame, fop: str, args: tuple[Any, ...]) -> None:
+    async def _answer(self, frame: Frame, fop: str, args: tuple[Any, ...], size: int) -> None:
         payload = None
         try:
             result = await self._dispatch(fop, args)
             body, payload = codec.encode_result(fop, result)
             header = codec.pack_header(frame.call_id, 0, body)
+            if len(header) > codec.MAX_HEADER:
+                # The client would refuse such a frame and drop the whole connection.
+                log.error(
+                    "%s: %s answer of %d bytes is too large", self.server.name, fop, len(header)
+                )
+                header, payload = codec.pack_header(frame.call_id, errno.E2BIG, None), None
         except OSError as e:
             header = codec.pack_header(frame.call_id, e.errno or errno.EIO, None)
         except Exception as e:
@@ -259,6 +293,8 @@ class Session:
             await self.conn.send(codec.REPLY, header, payload)
         except ConnectionLost:
             pass
+        finally:
+            self._bytes.give(size)
 
     # --- translating one request for the subvolume ----------------------------------------
 
