@@ -114,6 +114,8 @@ def entry_apply(held: list[EntryLock], req: EntryLock) -> list[EntryLock]:
 
 @dataclass(eq=False, slots=True)
 class _Waiter(Generic[L]):
+    """A blocked request and the task to reschedule when it is granted or refused."""
+
     request: L
     task: trio.lowlevel.Task
 

@@ -41,6 +41,8 @@ MAX_READ = 64 << 20
 
 @dataclass(slots=True)
 class OpenFile:
+    """An open regular file: the os fd that reads and writes go to, and its gfid."""
+
     fd: int
     gfid: bytes
     flags: int
