@@ -1,7 +1,8 @@
 """protocol/client against real glusterpyd bricks on 127.0.0.1 (posix, locks, io-threads).
 
 Client graphs run inside the test process (built from client volfiles); bricks are real daemon
-processes started by tests.support.bricks and killed by pid in teardown.
+processes started by tests.support.bricks (the brick_factory fixture of tests/conftest.py)
+and killed by pid in teardown.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from glusterpy.graph import Graph
 from glusterpy.rpc import codec
 from glusterpy.volfile.parse import parse_file
 from glusterpy.xlator import ROOT_GFID, Event, Flock, Translator
-from tests.support import bricks
 from tests.support.bricks import (
     GLUSTERPYD,
     Brick,
@@ -33,7 +33,6 @@ from tests.support.bricks import (
 )
 
 pytestmark = pytest.mark.integration
-brick_factory = bricks.brick_factory
 WAIT = 15
 
 
