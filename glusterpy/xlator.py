@@ -125,6 +125,12 @@ class Flock:
     flock: bool = False
 
 
+# The lk command that withdraws a blocked F_SETLKW request of the same owner and range, as
+# Linux's F_CANCELLK does for lockd: a client whose waiting process was interrupted sends it so
+# that the bricks do not grant the lock later to nobody.
+F_CANCELLK = 1029
+
+
 class Event(enum.Enum):
     CHILD_UP = "up"
     CHILD_DOWN = "down"
@@ -338,9 +344,10 @@ class Translator:
     # --- locks ------------------------------------------------------------------------------
 
     async def lk(self, fh: int, cmd: int, lock: Flock) -> Flock:
-        """fcntl-style lock on an open file: cmd F_GETLK, F_SETLK or F_SETLKW.
+        """fcntl-style lock on an open file: cmd F_GETLK, F_SETLK, F_SETLKW or F_CANCELLK.
 
         F_GETLK answers the conflicting lock, or `lock` with type F_UNLCK when none conflicts.
+        F_CANCELLK withdraws the same holder's waiting requests that overlap `lock`.
         """
         return await self.child.lk(fh, cmd, lock)
 

@@ -28,7 +28,17 @@ import os
 import uuid
 from dataclasses import dataclass, field
 
-from glusterpy.xlator import ROOT_GFID, DirEntry, Flock, Iatt, SetAttr, StatVfs, Translator, error
+from glusterpy.xlator import (
+    F_CANCELLK,
+    ROOT_GFID,
+    DirEntry,
+    Flock,
+    Iatt,
+    SetAttr,
+    StatVfs,
+    Translator,
+    error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +465,11 @@ class Bridge:
         xl_fh = self._handle(fh, False).xl_fh
         cmd = fcntl.F_SETLKW if wait else fcntl.F_SETLK
         await self.top.lk(xl_fh, cmd, _owned(lock, owner))
+
+    async def cancel_lock(self, fh: int, owner: int, lock: Flock) -> None:
+        """Withdraw a blocking setlk of `owner` whose caller gave up (an interrupted wait)."""
+        xl_fh = self._handle(fh, False).xl_fh
+        await self.top.lk(xl_fh, F_CANCELLK, _owned(lock, owner))
 
 
 def _new_gfid() -> bytes:

@@ -32,7 +32,7 @@ import outcome
 import trio
 
 from glusterpy.volfile.options import Bool, Option
-from glusterpy.xlator import Flock, Iatt, Translator, error
+from glusterpy.xlator import F_CANCELLK, Flock, Iatt, Translator, error
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,17 @@ class LockTable(Generic[L]):
                 self.change(key, lambda _, kept=kept: kept)
         return count
 
+    def withdraw(self, key: Hashable, which: Callable[[L], bool], err: OSError) -> int:
+        """End the waiting requests on `key` for which `which` is true with `err`."""
+        count = 0
+        for waiter in list(self._waiters.get(key, ())):
+            if which(waiter.request):
+                self._remove_waiter(key, waiter)
+                trio.lowlevel.reschedule(waiter.task, outcome.Error(err))
+                count += 1
+        self._grant_waiters(key)
+        return count
+
     def _remove_waiter(self, key: Hashable, waiter: _Waiter[L]) -> None:
         queue = self._waiters.get(key, [])
         if waiter in queue:
@@ -343,6 +354,18 @@ class Locks(Translator):
             if found is None:
                 return dataclasses.replace(lock, type=fcntl.F_UNLCK)
             return found.to_flock()
+        if cmd == F_CANCELLK:
+            withdrawn = self.posix.withdraw(
+                gfid,
+                lambda waiting: (
+                    waiting.holder == request.holder
+                    and waiting.flock == request.flock
+                    and waiting.overlaps(request)
+                ),
+                error(errno.EINTR, "lock request withdrawn by its client"),
+            )
+            self._log("withdrew %d waiting lock requests of %r", withdrawn, request.holder)
+            return lock
         await self._set(self.posix, gfid, cmd, request)
         return lock
 
