@@ -149,6 +149,7 @@ class _FakeFS:
     def __init__(self):
         self.forgotten: list[tuple[int, int]] = []
         self.lock_waits = 0
+        self.withdrawn: list[tuple] = []
 
     async def getattr(self, ino, fh=None):
         attr = Iatt(bytes(16), stat.S_IFREG | 0o644, 1, 0, 0, 0, 3, 0, 4096, 0, 0, 0)
@@ -169,6 +170,9 @@ class _FakeFS:
     async def setlk(self, fh, owner, lock, wait):
         self.lock_waits += 1
         await trio.sleep_forever()
+
+    async def cancel_lock(self, fh, owner, lock):
+        self.withdrawn.append((fh, owner, lock.type, lock.start, lock.length))
 
 
 def _request(opcode: int, unique: int, body: bytes = b"", nodeid: int = 1) -> bytes:
@@ -242,6 +246,8 @@ def test_interrupt_cancels_a_blocked_lock_wait_with_eintr():
         assert fs.lock_waits == 1
         await kernel.send(_request(Op.INTERRUPT, 4 | 1, abi.INTERRUPT_IN.pack(4)))
         assert (await _reply(kernel))[:2] == (4, errno.EINTR)
+        # Before answering, the wait was taken back from the file system (the bricks).
+        assert fs.withdrawn == [(1, 77, fcntl.F_WRLCK, 0, 0)]
         # An interrupt for a request that is already answered gets EAGAIN.
         await kernel.send(_request(Op.INTERRUPT, 8 | 1, abi.INTERRUPT_IN.pack(4)))
         assert (await _reply(kernel))[:2] == (8 | 1, errno.EAGAIN)

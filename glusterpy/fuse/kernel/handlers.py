@@ -21,11 +21,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
+
 from glusterpy.fuse.kernel import abi
 from glusterpy.fuse.kernel.abi import Op
 from glusterpy.xlator import Flock, SetAttr
 
 log = logging.getLogger(__name__)
+
+# Seconds to wait for the bricks to withdraw an interrupted lock wait before giving up on it.
+WITHDRAW_TIMEOUT = 10.0
 
 
 class Request:
@@ -301,9 +306,23 @@ class Handlers:
 
     async def setlk(self, req: Request) -> Payload:
         fh, owner, lock = _decode_lock(req.body)
-        await self.fs.setlk(fh, owner, lock, req.opcode == Op.SETLKW)
+        wait = req.opcode == Op.SETLKW
+        try:
+            await self.fs.setlk(fh, owner, lock, wait)
+        except trio.Cancelled:
+            if wait and hasattr(self.fs, "cancel_lock"):
+                await self._withdraw(fh, owner, lock)
+            raise
         if not lock.flock and lock.type != fcntl.F_UNLCK:
             self._lock_owners.setdefault(fh, set()).add(owner)
+
+    async def _withdraw(self, fh: int, owner: int, lock: Flock) -> None:
+        """Take back an interrupted wait from the bricks, or they grant it later to nobody."""
+        with trio.move_on_after(WITHDRAW_TIMEOUT, shield=True):
+            try:
+                await self.fs.cancel_lock(fh, owner, lock)
+            except OSError as exc:
+                log.warning("withdrawing an interrupted lock wait on fh %d failed: %s", fh, exc)
 
 
 def _time(valid: int, bit: int, now_bit: int, sec: int, nsec: int, now: int) -> int | None:
