@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import functools
 import importlib
 import logging
 import os
@@ -22,15 +21,13 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import ModuleType
 
 import trio
 
 from glusterpy.cli.common import UserError, add_logging_arguments, setup_logging
 from glusterpy.fuse.bridge import Bridge, MountConfig, MountError
 from glusterpy.graph import Graph
-from glusterpy.volfile import registry
-from glusterpy.volfile.model import Volfile, VolfileError
+from glusterpy.volfile.model import VolfileError
 from glusterpy.volfile.parse import parse_file
 
 log = logging.getLogger(__name__)
@@ -183,17 +180,17 @@ def check_mountpoint(path: str) -> None:
         raise UserError(f"mount point {path} is busy: a file system is already mounted there")
 
 
-def brick_names(volfile: Volfile) -> str:
-    """The bricks a client volfile connects to, for error messages."""
+def brick_names(graph: Graph) -> list[str]:
+    """The bricks a client graph connects to, for error messages."""
     names = []
-    for volume in volfile.volumes:
-        if registry.canonical(volume.type) != "protocol/client":
-            continue
-        host = volume.options.get("remote-host", "?")
-        port = volume.options.get("remote-port", "default port")
-        subvolume = volume.options.get("remote-subvolume", "?")
-        names.append(f"{volume.name} ({subvolume} on {host}:{port})")
-    return ", ".join(names) or "the volfile names no protocol/client"
+    for translator in graph.translators.values():
+        if translator.type_name == "protocol/client":
+            options = translator.options
+            names.append(
+                f"{translator.name} ({options.get('remote-subvolume')} on "
+                f"{options.get('remote-host')}:{options.get('remote-port')})"
+            )
+    return names
 
 
 def load_binding(options: MountOptions) -> ServeFn:
@@ -213,47 +210,9 @@ def load_binding(options: MountOptions) -> ServeFn:
             f"unknown mount option '{unknown[0]}' (binding {options.binding} accepts: {accepted})"
         )
     serve = getattr(module, "serve", None)
-    if serve is not None:
-        return serve
-    if hasattr(module, "serve_mount"):
-        return functools.partial(_serve_kernel_session, module)
-    raise UserError(f"binding '{options.binding}' is not available")
-
-
-class _ReadyStatus:
-    """A task status whose `started` tells the caller that the mount is in place."""
-
-    def __init__(self, ready: Callable[[], None]):
-        self._ready = ready
-
-    def started(self, value: object = None) -> None:
-        self._ready()
-
-
-async def _serve_kernel_session(
-    module: ModuleType, bridge: Bridge, config: MountConfig, ready: Callable[[], None]
-) -> None:
-    """Serve through the kernel session's `serve_mount`, ending it on SIGTERM/SIGINT."""
-    failure: OSError | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
-        try:
-            await module.serve_mount(
-                bridge, config.mountpoint, config.fsname, task_status=_ReadyStatus(ready)
-            )
-        except OSError as e:
-            failure = e
-        nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise MountError(f"mounting {config.fsname} on {config.mountpoint} failed: {failure}")
-
-
-async def _cancel_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("got %s; unmounting", signal.Signals(signum).name)
-            scope.cancel()
-            return
+    if serve is None:
+        raise UserError(f"binding '{options.binding}' is not available")
+    return serve
 
 
 # --- mounting ---------------------------------------------------------------------------------
@@ -268,8 +227,7 @@ class MountJob:
     config: MountConfig
     serve: ServeFn
     start_timeout: float
-    bricks: str
-    has_bricks: bool
+    bricks: list[str]
 
 
 def prepare(args: argparse.Namespace) -> MountJob:
@@ -283,10 +241,7 @@ def prepare(args: argparse.Namespace) -> MountJob:
     volfile = parse_file(args.volfile)
     graph = Graph.build(volfile, args.volume_name)
     config = MountConfig(mountpoint, graph.top.name, options.device, True, options.extra)
-    has_bricks = any(registry.canonical(v.type) == "protocol/client" for v in volfile.volumes)
-    return MountJob(
-        graph, options, config, serve, args.start_timeout, brick_names(volfile), has_bricks
-    )
+    return MountJob(graph, options, config, serve, args.start_timeout, brick_names(graph))
 
 
 async def serve_volume(job: MountJob, ready: Callable[[], None]) -> None:
@@ -295,8 +250,9 @@ async def serve_volume(job: MountJob, ready: Callable[[], None]) -> None:
     async with job.graph.running():
         try:
             # A volume without protocol/client is local: nothing to wait for.
-            if job.has_bricks and not await job.graph.wait_up(job.start_timeout):
-                raise UserError(f"no brick reachable within {job.start_timeout:g} s: {job.bricks}")
+            if job.bricks and not await job.graph.wait_up(job.start_timeout):
+                bricks = ", ".join(job.bricks)
+                raise UserError(f"no brick reachable within {job.start_timeout:g} s: {bricks}")
             bridge = Bridge(
                 job.graph.top,
                 entry_timeout=job.options.entry_timeout,
