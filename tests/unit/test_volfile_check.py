@@ -83,7 +83,7 @@ volume odd
     subvolumes s
 end-volume
 volume old
-    type cluster/afr
+    type cluster/unify
     subvolumes s
 end-volume
 """
@@ -124,7 +124,7 @@ def test_check_reports_every_problem_in_file_order():
     assert messages[7] == "type 'no/such-type' is not a known translator type"
     assert (
         messages[8]
-        == "type 'cluster/afr' is a GlusterFS translator that glusterpy does not support yet"
+        == "type 'cluster/unify' is a GlusterFS translator that glusterpy does not support yet"
     )
     assert str(problems[0]) == f"c.vol:3: volume 's': {messages[0]}"
 
