@@ -32,6 +32,8 @@ class CliStore(Translator):
 
 
 class CliStack(Translator):
+    """A test-only type with no options."""
+
     type_name = "test/cli-stack"
 
 
