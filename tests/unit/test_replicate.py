@@ -400,7 +400,8 @@ def test_split_brain_answers_eio_until_a_policy_resolves_it(tmp_path, choice, wi
 
 
 def test_favorite_child_serves_a_split_brain(tmp_path):
-    stack = Stack(tmp_path, 2, **{"favorite-child": "vol-client-1"})
+    # No background heal, so that the explicit heal below is the one that resolves it.
+    stack = Stack(tmp_path, 2, **{"favorite-child": "vol-client-1", "self-heal-daemon": "off"})
     gfids: list[bytes] = []
 
     async def body(afr: Replicate) -> None:

@@ -2,14 +2,15 @@
 
 Every child j has a pending xattr (`trusted.afr.<name of child j>`) on every object, holding three
 big-endian int32 counters: data, metadata, entry. The copy of child j's counters kept on child i
-counts the changes child i knows child j missed, or may have missed while a transaction is in
-flight. Entry counters live on the parent directory of the entry that changed.
+counts the changes child i applied and knows child j missed. Besides these, `trusted.afr.dirty`
+on child i counts transactions in flight on it (set before the fop, taken back after). Entry
+counters live on the parent directory of the entry that changed.
 
 From the copies read on every answering child we build, for one kind of change, the accusation
 matrix M[i][j] (child j's counter as stored on child i) and decide:
 
-- a *fool* accuses itself (M[i][i] != 0): a transaction was in flight on it, or it crashed in
-  one; a fool's accusations do not count;
+- a *fool* is dirty or accuses itself: a transaction was in flight on it, or died in one; a
+  fool's accusations do not count;
 - an *accuser* is a non-fool that accuses another child;
 - *sources* are the answering children nobody (no accuser) accuses; the others are *sinks*;
 - no sources at all while accusers exist is a split-brain: the copies blame each other, and
@@ -31,6 +32,7 @@ DATA, METADATA, ENTRY = 0, 1, 2
 KIND_NAMES = ("data", "metadata", "entry")
 COUNTERS_SIZE = 12
 ZERO = bytes(COUNTERS_SIZE)
+DIRTY_KEY = "trusted.afr.dirty"
 _FORMAT = ">iii"
 
 
@@ -91,10 +93,31 @@ class Verdict:
         return bool(self.sinks) or self.split_brain or self.fools_only
 
 
-def find_direction(matrix: Mapping[int, Sequence[int]]) -> Verdict:
+def dirty_for(kind: int, changelogs: Mapping[int, Mapping[str, bytes]]) -> dict[int, int]:
+    """Each answering child's in-flight counter of one kind."""
+    dirty = {}
+    for i, xattrs in changelogs.items():
+        try:
+            dirty[i] = decode(xattrs.get(DIRTY_KEY))[kind]
+        except ValueError:
+            dirty[i] = 0
+    return dirty
+
+
+def verdict_for(
+    kind: int, changelogs: Mapping[int, Mapping[str, bytes]], keys: Sequence[str]
+) -> Verdict:
+    """The verdict for one kind from the changelog xattrs read on the answering children."""
+    return find_direction(matrix_for(kind, changelogs, keys), dirty_for(kind, changelogs))
+
+
+def find_direction(
+    matrix: Mapping[int, Sequence[int]], dirty: Mapping[int, int] | None = None
+) -> Verdict:
     """Sources and sinks among the children in `matrix` (the ones that answered)."""
     present = sorted(matrix)
-    fools = {i for i in present if matrix[i][i] != 0}
+    dirty = dirty or {}
+    fools = {i for i in present if matrix[i][i] != 0 or dirty.get(i, 0) != 0}
     accusers = [
         i for i in present if i not in fools and any(matrix[i][j] for j in present if j != i)
     ]
@@ -135,4 +158,5 @@ def undo_operand(
     for j, key in enumerate(keys):
         value = decode(row.get(key))[kind] if j in wanted else 0
         operand[key] = delta(kind, -value)
+    operand[DIRTY_KEY] = delta(kind, -decode(row.get(DIRTY_KEY))[kind])
     return operand

@@ -68,7 +68,7 @@ class FdFops:
 
     async def refresh(self: Replicate, gfid: bytes) -> None:
         """Read the changelog of `gfid` on the up children to know which copies are good."""
-        zeros = {key: b"\0" * 12 for key in self.keys}
+        zeros = {key: b"\0" * 12 for key in self.all_keys}
         results = await fan_out(
             self, self.up_children(), lambda i, child: child.xattrop(gfid, "add-array", zeros)
         )

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 BLOCK_SIZE = 128 * 1024
 POLICIES = ("bigger-file", "latest-mtime", "source-brick")
 # Xattrs that belong to the brick or to replicate itself, never copied by a metadata heal.
-_PRIVATE_XATTRS = ("trusted.afr.", "trusted.gfid", "trusted.glusterfs.", "glusterpy.")
+PRIVATE_XATTRS = ("trusted.afr.", "trusted.gfid", "trusted.glusterfs.", "glusterpy.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ async def inspect(afr: Replicate, gfid: bytes, children: Sequence[int]) -> Inspe
     The counters are read with an xattrop adding zeros: one atomic call per child that answers
     every key, present or not.
     """
-    zeros = {key: changelog.ZERO for key in afr.keys}
+    zeros = {key: changelog.ZERO for key in afr.all_keys}
 
     async def look(i: int, child: Translator) -> tuple[Iatt, dict[str, bytes]]:
         iatt = await child.stat(gfid)
@@ -110,7 +110,7 @@ def decide(
 ) -> Verdict | None:
     """Sources and sinks for one heal kind; None for a split-brain no policy resolves."""
     present = found.present
-    verdict = changelog.find_direction(changelog.matrix_for(kind, found.changelogs, afr.keys))
+    verdict = changelog.verdict_for(kind, found.changelogs, afr.keys)
     if choice.forced is not None or verdict.split_brain:
         source = policy_source(afr, choice, found.iatts)
         if source is None:
@@ -151,9 +151,11 @@ async def take_back(
     await fan_out(afr, [i for i in children if i in found.changelogs], undo)
 
 
-def _counters_set(found: Inspection, kind: int, keys: Sequence[str]) -> bool:
+def counters_set(found: Inspection, kind: int, keys: Sequence[str]) -> bool:
+    """Whether any child has a pending or in-flight counter of `kind` set."""
     matrix = changelog.matrix_for(kind, found.changelogs, keys)
-    return any(any(row) for row in matrix.values())
+    dirty = changelog.dirty_for(kind, found.changelogs)
+    return any(any(row) for row in matrix.values()) or any(dirty.values())
 
 
 async def heal_metadata(afr: Replicate, gfid: bytes, choice: Choice) -> str:
@@ -165,7 +167,7 @@ async def heal_metadata(afr: Replicate, gfid: bytes, choice: Choice) -> str:
         verdict = decide(afr, gfid, METADATA, found, choice)
         if verdict is None:
             return "split-brain"
-        if not verdict.sinks and not _counters_set(found, METADATA, afr.keys):
+        if not verdict.sinks and not counters_set(found, METADATA, afr.keys):
             return "clean"
         source = min(verdict.sources)
         for sink in sorted(verdict.sinks):
@@ -193,8 +195,8 @@ async def _copy_metadata(afr: Replicate, gfid: bytes, source: int, sink: int, ia
         mtime_ns=iatt.mtime_ns,
     )
     await dst.setattr(gfid, attr)
-    wanted = {name for name in await src.listxattr(gfid) if not name.startswith(_PRIVATE_XATTRS)}
-    present = {name for name in await dst.listxattr(gfid) if not name.startswith(_PRIVATE_XATTRS)}
+    wanted = {name for name in await src.listxattr(gfid) if not name.startswith(PRIVATE_XATTRS)}
+    present = {name for name in await dst.listxattr(gfid) if not name.startswith(PRIVATE_XATTRS)}
     for name in sorted(present - wanted):
         await dst.removexattr(gfid, name)
     for name in sorted(wanted):
@@ -208,7 +210,11 @@ def _names(afr: Replicate, children: Sequence[int] | frozenset[int]) -> str:
 
 
 async def heal_data(afr: Replicate, gfid: bytes, choice: Choice, progress=None) -> str:
-    """Copy the content of a regular file from a source to the sinks, window by window."""
+    """Copy the content of a regular file from a source to the sinks.
+
+    A file that fits in one window is copied under the whole-file lock at once; a bigger one
+    window by window, each under its own lock.
+    """
     whole = LockSet(afr, [InodeLock(afr.data_domain, gfid, *WHOLE)])
     try:
         locked = await whole.acquire(afr.up_children())
@@ -217,15 +223,18 @@ async def heal_data(afr: Replicate, gfid: bytes, choice: Choice, progress=None) 
         if verdict is None:
             return "split-brain"
         if not verdict.sinks:
-            if _counters_set(found, DATA, afr.keys):
+            if counters_set(found, DATA, afr.keys):
                 await take_back(afr, gfid, DATA, found, found.present)
             return "clean"
+        source = min(verdict.sources)
+        sinks = sorted(verdict.sinks)
+        copier = _DataCopier(afr, gfid, source, sinks, progress)
+        if found.iatts[source].size <= copier.window:
+            await copier.run_small(found)
     finally:
         await whole.release()
-    source = min(verdict.sources)
-    sinks = sorted(verdict.sinks)
-    copier = _DataCopier(afr, gfid, source, sinks, progress)
-    await copier.run(found)
+    if not copier.size and found.iatts[source].size > copier.window:
+        await copier.run(found)
     log.info(
         "%s: data of %s healed from %s to %s (%d bytes)",
         afr.name,
@@ -251,20 +260,56 @@ class _DataCopier:
         self.copied = 0
         self.size = 0
 
+    async def _open(self) -> None:
+        async def open_one(i: int, child: Translator) -> None:
+            self.handles[i] = await child.open(self.gfid, os.O_RDWR)
+
+        results = await fan_out(self.afr, [self.source, *self.sinks], open_one)
+        for result in results.values():
+            if isinstance(result, OSError):
+                raise result
+
+    async def _close(self) -> None:
+        handles, self.handles = self.handles, {}
+        await fan_out(self.afr, list(handles), lambda i, child: child.release(handles[i]))
+
+    async def run_small(self, found: Inspection) -> None:
+        """Copy a file that fits in one window; the caller holds the whole-file lock."""
+        try:
+            await self._open()
+            src = self.afr.children[self.source]
+            data = await src.read(self.handles[self.source], 0, self.window)
+            iatt = await src.fstat(self.handles[self.source])
+            await self._settle(data, iatt)
+            await take_back(self.afr, self.gfid, DATA, found, found.present)
+            self.size = iatt.size
+        finally:
+            await self._close()
+
+    async def _settle(self, data: bytes, iatt: Iatt, offset: int = 0) -> None:
+        """Write `data` at `offset` on every sink, then its size and times, then fsync."""
+        times = SetAttr(size=iatt.size, atime_ns=iatt.atime_ns, mtime_ns=iatt.mtime_ns)
+
+        async def settle(i: int, child: Translator) -> None:
+            if data:
+                await child.write(self.handles[i], offset, data)
+            await child.setattr(self.gfid, times, self.handles[i])
+            await child.fsync(self.handles[i], False)
+
+        results = await fan_out(self.afr, self.sinks, settle)
+        for result in results.values():
+            if isinstance(result, OSError):
+                raise result
+
     async def run(self, found: Inspection) -> None:
         try:
-            for i in [self.source, *self.sinks]:
-                self.handles[i] = await self.afr.children[i].open(self.gfid, os.O_RDWR)
+            await self._open()
             offset = 0
             while not await self._window(offset):
                 offset += self.window
             await self._finish(found)
         finally:
-            for i, fh in self.handles.items():
-                try:
-                    await self.afr.children[i].release(fh)
-                except OSError as exc:
-                    self.afr.child_failed(i, exc)
+            await self._close()
 
     async def _window(self, offset: int) -> bool:
         """Copy one window under its own lock; True once the source ended inside it."""
@@ -305,12 +350,8 @@ class _DataCopier:
                     break
                 await self._write_sinks(offset, data)
                 offset += len(data)
+            await self._settle(b"", iatt)
             self.size = iatt.size
-            times = SetAttr(size=iatt.size, atime_ns=iatt.atime_ns, mtime_ns=iatt.mtime_ns)
-            for sink in self.sinks:
-                child = self.afr.children[sink]
-                await child.fsync(self.handles[sink], False)
-                await child.setattr(self.gfid, times, self.handles[sink])
             await take_back(self.afr, self.gfid, DATA, found, found.present)
         finally:
             await whole.release()

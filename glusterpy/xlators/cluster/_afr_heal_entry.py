@@ -21,7 +21,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from glusterpy.xlator import ROOT_GFID, DirEntry, Translator
+from glusterpy.xlator import ROOT_GFID, DirEntry, Translator, error
 from glusterpy.xlators.cluster._afr_changelog import ENTRY
 from glusterpy.xlators.cluster._afr_heal import Choice, decide, inspect, take_back
 from glusterpy.xlators.cluster._afr_transaction import EntryLock, LockSet
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 _SKIP = {b".", b".."}
 _READDIR_COUNT = 512
-FollowUp = tuple[bytes, int | None]
+FollowUp = tuple[bytes, int | None, bool]
 
 
 async def list_dir(child: Translator, gfid: bytes) -> dict[bytes, DirEntry]:
@@ -133,7 +133,7 @@ async def _create(
     perm = stat.S_IMODE(iatt.mode)
     if not stat.S_ISDIR(iatt.mode) and await _exists(child, iatt.gfid):
         await child.link(iatt.gfid, parent, entry.name)
-        return iatt.gfid, None
+        return iatt.gfid, None, False
     if stat.S_ISDIR(iatt.mode):
         await child.mkdir(parent, entry.name, perm, iatt.uid, iatt.gid, iatt.gfid)
     elif stat.S_ISREG(iatt.mode):
@@ -146,7 +146,7 @@ async def _create(
     else:
         await child.mknod(parent, entry.name, iatt.mode, iatt.rdev, iatt.uid, iatt.gid, iatt.gfid)
     log.debug("%s: created %r on %s", afr.name, entry.name, child.name)
-    return iatt.gfid, source
+    return iatt.gfid, source, stat.S_ISDIR(iatt.mode)
 
 
 async def _exists(child: Translator, gfid: bytes) -> bool:
@@ -168,3 +168,47 @@ async def _remove(child: Translator, parent: bytes, entry: DirEntry) -> None:
     else:
         await child.unlink(parent, entry.name)
     log.debug("removed %r from %s", entry.name, child.name)
+
+
+async def resolve_name(afr: Replicate, parent: bytes, name: bytes, source: int) -> list[FollowUp]:
+    """Make one name in `parent` the source's object on every up child (a gfid split-brain).
+
+    Only that name changes; the rest of the directory is left to the entry heal.
+    """
+    locks = LockSet(afr, [EntryLock(afr.entry_domain, parent, name)])
+    followups: list[FollowUp] = []
+    try:
+        locked = await locks.acquire(afr.up_children())
+        if source not in locked:
+            raise error(errno.ENOTCONN, f"{afr.children[source].name} could not be locked")
+        wanted = await _entry_on(afr.children[source], parent, name)
+        for sink in locked:
+            if sink == source:
+                continue
+            present = await _entry_on(afr.children[sink], parent, name)
+            if present is not None and wanted is not None and present.iatt.gfid == wanted.iatt.gfid:
+                continue
+            if present is not None:
+                await _remove(afr.children[sink], parent, present)
+            if wanted is not None:
+                followups.append(await _create(afr, sink, source, parent, wanted))
+    finally:
+        await locks.release()
+    log.warning(
+        "%s: %r in %s resolved with %s as source",
+        afr.name,
+        name,
+        parent.hex(),
+        afr.children[source].name,
+    )
+    return followups
+
+
+async def _entry_on(child: Translator, parent: bytes, name: bytes) -> DirEntry | None:
+    try:
+        iatt, _ = await child.lookup(parent, name, None)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ESTALE):
+            return None
+        raise
+    return DirEntry(name, 0, iatt)

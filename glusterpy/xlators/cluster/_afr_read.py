@@ -62,7 +62,7 @@ class InodeTable:
     def record(self, gfid: bytes, changelogs: Mapping[int, Mapping[str, bytes]]) -> InodeState:
         """Remember the verdicts computed from the changelogs read on the answering children."""
         verdicts = [
-            changelog.find_direction(changelog.matrix_for(kind, changelogs, self.keys))
+            changelog.verdict_for(kind, changelogs, self.keys)
             for kind in (changelog.DATA, changelog.METADATA, changelog.ENTRY)
         ]
         state = InodeState(verdicts)

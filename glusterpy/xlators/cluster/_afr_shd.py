@@ -23,7 +23,15 @@ import trio
 
 from glusterpy.xlator import ROOT_GFID, Iatt, Translator
 from glusterpy.xlators.cluster import _afr_changelog as changelog
-from glusterpy.xlators.cluster._afr_heal import Choice, heal_data, heal_metadata, inspect
+from glusterpy.xlators.cluster._afr_heal import (
+    PRIVATE_XATTRS,
+    Choice,
+    Inspection,
+    counters_set,
+    heal_data,
+    heal_metadata,
+    inspect,
+)
 from glusterpy.xlators.cluster._afr_heal_entry import heal_entry, list_dir
 
 if TYPE_CHECKING:
@@ -36,6 +44,8 @@ INDEX_XATTR = "glusterpy.index.pending"
 _QUEUE_SIZE = 4096
 _PROBE_INTERVAL = 2.0
 NO_CHOICE = Choice()
+# Files healed at once; each heal mostly waits on round trips to the bricks.
+_PARALLEL_HEALS = 4
 
 Progress = Callable[[str], None]
 
@@ -59,6 +69,7 @@ class SelfHeal:
         self.queued: set[bytes] = set()
         self._send, self._receive = trio.open_memory_channel[bytes](_QUEUE_SIZE)
         self._wake = trio.Event()
+        self._parallel = trio.CapacityLimiter(_PARALLEL_HEALS)
 
     def schedule(self, gfid: bytes) -> None:
         """Queue `gfid` for a heal in the background; dropped if already queued or full."""
@@ -112,30 +123,67 @@ class SelfHeal:
     ) -> dict[str, str]:
         """Heal metadata, then data (files) or entries (directories) of one object.
 
-        Answers what happened per kind ("healed", "clean", "split-brain", or an error).
+        An unlocked look first skips the kinds with nothing to do (no counters set, attributes
+        equal); directories always get an entry heal, which also catches names missing on a
+        child that no counter mentions. Answers what happened per kind ("healed", "clean",
+        "split-brain", or "error").
         """
         results: dict[str, str] = {}
+        afr = self.afr
         try:
-            found = await inspect(self.afr, gfid, self.afr.up_children())
+            found = await inspect(afr, gfid, afr.up_children())
             if not found.iatts:
                 return {"object": "gone"}
             mode = found.iatts[found.present[0]].mode
-            afr = self.afr
-            if afr.self_heal[changelog.METADATA]:
+            if afr.self_heal[changelog.METADATA] and await self._wants_metadata(
+                gfid, found, choice
+            ):
                 results["metadata"] = await heal_metadata(afr, gfid, choice)
-            if stat.S_ISREG(mode) and afr.self_heal[changelog.DATA]:
+            if (
+                stat.S_ISREG(mode)
+                and afr.self_heal[changelog.DATA]
+                and _wants_data(afr, found, choice)
+            ):
                 results["data"] = await heal_data(afr, gfid, choice, _byte_progress(progress))
             if stat.S_ISDIR(mode) and afr.self_heal[changelog.ENTRY]:
                 results["entry"], followups = await heal_entry(afr, gfid, choice)
-                for new_gfid, source in followups:
-                    forced = Choice(forced=source) if source is not None else Choice()
-                    await self.heal_object(new_gfid, forced, progress)
+                await self._follow_up(followups, progress)
         except OSError as exc:
-            log.warning("%s: heal of %s stopped: %s", self.afr.name, gfid.hex(), exc)
+            log.warning("%s: heal of %s stopped: %s", afr.name, gfid.hex(), exc)
             results["error"] = exc.strerror or str(exc)
         finally:
-            self.afr.inodes.forget(gfid)
+            afr.inodes.forget(gfid)
         return results
+
+    async def _wants_metadata(self, gfid: bytes, found: Inspection, choice: Choice) -> bool:
+        if choice.policy is not None or counters_set(found, changelog.METADATA, self.afr.keys):
+            return True
+        iatts = [found.iatts[i] for i in found.present]
+        if any(
+            (a.mode, a.uid, a.gid) != (iatts[0].mode, iatts[0].uid, iatts[0].gid) for a in iatts
+        ):
+            return True
+        if choice.forced is None or choice.forced not in found.iatts:
+            return False
+        # A copy an entry heal just made has the source's mode and owner; only user xattrs
+        # would still be missing.
+        names = await self.afr.children[choice.forced].listxattr(gfid)
+        return any(not name.startswith(PRIVATE_XATTRS) for name in names)
+
+    async def _follow_up(self, followups: list, progress: Progress | None) -> None:
+        """Heal the objects an entry heal created: files several at a time, directories after."""
+
+        async def one(gfid: bytes, source: int | None) -> None:
+            async with self._parallel:
+                await self.heal_object(gfid, _forced(source), progress)
+
+        async with trio.open_nursery() as nursery:
+            for gfid, source, is_dir in followups:
+                if not is_dir:
+                    nursery.start_soon(one, gfid, source)
+        for gfid, source, is_dir in followups:
+            if is_dir:
+                await self.heal_object(gfid, _forced(source), progress)
 
     async def pending(self) -> dict[int, list[bytes] | OSError]:
         """Each child's index listing, or the error that child answered."""
@@ -155,11 +203,10 @@ class SelfHeal:
             return "gone"
         pending = bool(found.missing)
         for kind in (changelog.DATA, changelog.METADATA, changelog.ENTRY):
-            matrix = changelog.matrix_for(kind, found.changelogs, self.afr.keys)
-            verdict = changelog.find_direction(matrix)
+            verdict = changelog.verdict_for(kind, found.changelogs, self.afr.keys)
             if verdict.split_brain:
                 return "split-brain"
-            pending = pending or any(any(row) for row in matrix.values())
+            pending = pending or counters_set(found, kind, self.afr.keys)
         return "pending" if pending else "clean"
 
     async def heal_index(self, choice: Choice = NO_CHOICE, progress: Progress | None = None) -> int:
@@ -169,12 +216,24 @@ class SelfHeal:
             if not isinstance(listing, OSError):
                 gfids += [g for g in listing if g not in gfids]
         kinds = await self._kinds(gfids)
-        ordered = sorted(gfids, key=lambda g: not stat.S_ISDIR(kinds.get(g, 0)))
-        for n, gfid in enumerate(ordered, 1):
-            results = await self.heal_object(gfid, choice, progress)
+        directories = [g for g in gfids if stat.S_ISDIR(kinds.get(g, 0))]
+        done = 0
+
+        async def one(gfid: bytes) -> None:
+            nonlocal done
+            async with self._parallel:
+                results = await self.heal_object(gfid, choice, progress)
+            done += 1
             if progress is not None:
-                progress(f"[{n}/{len(ordered)}] {gfid.hex()}: {_summary(results)}")
-        return len(ordered)
+                progress(f"[{done}/{len(gfids)}] {gfid.hex()}: {_summary(results)}")
+
+        for gfid in directories:
+            await one(gfid)
+        async with trio.open_nursery() as nursery:
+            for gfid in gfids:
+                if gfid not in directories:
+                    nursery.start_soon(one, gfid)
+        return len(gfids)
 
     async def _kinds(self, gfids: list[bytes]) -> dict[bytes, int]:
         modes = {}
@@ -223,6 +282,18 @@ class SelfHeal:
                 if exc.errno not in (errno.ENOTCONN, errno.ENOENT):
                     raise
         return {}
+
+
+def _wants_data(afr: Replicate, found: Inspection, choice: Choice) -> bool:
+    if choice.policy is not None or choice.forced is not None:
+        return True
+    if counters_set(found, changelog.DATA, afr.keys):
+        return True
+    return len({found.iatts[i].size for i in found.present}) > 1
+
+
+def _forced(source: int | None) -> Choice:
+    return NO_CHOICE if source is None else Choice(forced=source)
 
 
 def _summary(results: dict[str, str]) -> str:

@@ -1,10 +1,12 @@
 """Transactions of cluster/replicate: lock, pre-op, fop on all children, post-op, unlock.
 
 The guarantee kept: when a modifying fop returns success, every child that took part has
-applied it, and every child that missed it (down, failed, or not reached) is still accused by
-the pre-op's +1 on the children that applied it. The post-op takes back the +1 only for the
-children where the fop succeeded; when it succeeded nowhere nothing diverged, so all counters
-are taken back.
+applied it, and every child that missed it (down, failed, or not reached) is accused by the
+children that applied it. The pre-op marks the transaction in flight on each child
+(`trusted.afr.dirty` +1); the post-op takes that mark back and, on each child that applied the
+fop, adds +1 to the pending counter of each child that did not. A child that dies between the
+two keeps its dirty mark, which makes it a "fool" whose own accusations do not count. In the
+common case (all children applied it) pre-op and post-op each change one xattr per child.
 
 Locks are taken first non-blocking on all children at once; on any conflict the taken locks are
 dropped and blocking locks are taken one child at a time in child order, so two transactions
@@ -214,9 +216,10 @@ class Transaction:
         return self.afr.change_log[self.kind]
 
     async def _pre_op(self, locked: list[int]) -> list[int]:
+        """Mark the transaction in flight (dirty +1) on every locked child."""
         if not self._changelog_on():
             return locked
-        operand = {key: changelog.delta(self.kind, 1) for key in self.afr.keys}
+        operand = {changelog.DIRTY_KEY: changelog.delta(self.kind, 1)}
 
         async def mark(i: int, child: Translator) -> None:
             for gfid in self.targets:
@@ -226,16 +229,26 @@ class Transaction:
         results = await fan_out(self.afr, locked, mark)
         return [i for i in locked if not isinstance(results[i], OSError)]
 
+    def _post_op_operand(self, i: int, succeeded: set[int]) -> dict[str, bytes]:
+        """Dirty -1; on a child that applied the fop, +1 against each child that did not."""
+        operand = {changelog.DIRTY_KEY: changelog.delta(self.kind, -1)}
+        if i in succeeded:
+            for j, key in enumerate(self.afr.keys):
+                if j not in succeeded:
+                    operand[key] = changelog.delta(self.kind, 1)
+        return operand
+
     async def _post_op(self, succeeded: list[int]) -> None:
+        """Take back the dirty marks and accuse the children that missed the fop.
+
+        When no child applied it nothing diverged, so nobody is accused.
+        """
         if not self._changelog_on() or not self.marked:
             return
-        cleared = set(succeeded) if succeeded else set(range(len(self.afr.children)))
-        operand = {
-            key: changelog.delta(self.kind, -1 if j in cleared else 0)
-            for j, key in enumerate(self.afr.keys)
-        }
+        applied = set(succeeded)
 
         async def unmark(i: int, child: Translator) -> None:
+            operand = self._post_op_operand(i, applied)
             for gfid in self.marked[i]:
                 await child.xattrop(gfid, "add-array", operand)
 

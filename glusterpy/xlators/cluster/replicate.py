@@ -114,7 +114,10 @@ class Replicate(FdFops, EntryFops, Translator):
             raise ValueError(
                 f"afr-pending-xattr names {len(pending_names)} children, but there are {len(names)}"
             )
+        if "dirty" in pending_names:
+            raise ValueError("'dirty' cannot name a child: trusted.afr.dirty is the in-flight mark")
         self.keys = [PENDING_PREFIX + n for n in pending_names]
+        self.all_keys = [*self.keys, changelog.DIRTY_KEY]
         self.read_subvolume = self._child_index("read-subvolume", names)
         self.favorite_child = self._child_index("favorite-child", names)
         self.self_heal = [options[f"{k}-self-heal"] for k in changelog.KIND_NAMES]
@@ -247,7 +250,7 @@ class Replicate(FdFops, EntryFops, Translator):
         asked = dict(xdata or {})
         wanted = asked.get("xattrs")
         extra = list(wanted) if isinstance(wanted, list | tuple) else []
-        query = dict(asked, xattrs=self.keys + extra)
+        query = dict(asked, xattrs=self.all_keys + extra)
         results = await fan_out(
             self, self.up_children(), lambda i, child: child.lookup(parent, name, query)
         )
@@ -264,7 +267,7 @@ class Replicate(FdFops, EntryFops, Translator):
         readable = [i for i in sorted(good) if i in state.readable(DATA)] or sorted(good)
         iatt, reply = good[readable[0]]
         self._heal_if_needed(parent, gfid, state, good, results)
-        return iatt, _strip_changelog(reply, extra, self.keys)
+        return iatt, _strip_changelog(reply, extra, self.all_keys)
 
     def _agreed_gfid(self, parent: bytes, name: bytes, good: dict[int, Any]) -> bytes:
         gfids = {r[0].gfid for r in good.values()}

@@ -1,11 +1,12 @@
 """features/index: the brick-side list of objects with pending replicate changelog counters.
 
-Stacked above storage/posix in a brick graph, it watches xattrop calls on `trusted.afr.*`
-counters and keeps one empty file per object whose counters are not all zero, named by the
-gfid in hex, in `<index-base>/xattrop/`, so a brick that comes back is healed without a crawl
-of the whole volume. The entry is made before an increment reaches the disk and removed after
-an xattrop leaves every counter it answered at zero; replicate always sends all its counters
-in one xattrop, so the answer is complete.
+Stacked above storage/posix in a brick graph, it watches xattrop calls on the pending counters
+`trusted.afr.<child>` and keeps one empty file per object where one of them is not zero (a
+child missed a change), named by the gfid in hex, in `<index-base>/xattrop/`, so a brick that
+comes back is healed without a crawl of the whole volume. The entry is made before an increment
+reaches the disk, and removed once the object's pending counters are all zero again. The
+in-flight mark `trusted.afr.dirty` is not indexed: it is set and cleared by every transaction,
+and a brick that dies with it set is accused by the others, whose indexes list the object.
 
 The list is read with a virtual xattr: getxattr on the root gfid of `glusterpy.index.pending`
 answers the gfids (16 bytes each, concatenated). Before answering, each listed object is
@@ -33,15 +34,20 @@ log = logging.getLogger(__name__)
 
 INDEX_XATTR = "glusterpy.index.pending"
 PENDING_PREFIX = "trusted.afr."
+DIRTY_KEY = "trusted.afr.dirty"
 
 
 def _nonzero(value: bytes) -> bool:
     return any(value)
 
 
+def _is_pending(name: str) -> bool:
+    return name.startswith(PENDING_PREFIX) and name != DIRTY_KEY
+
+
 def _increments(xattrs: dict[str, bytes]) -> bool:
     for name, value in xattrs.items():
-        if name.startswith(PENDING_PREFIX):
+        if _is_pending(name):
             for i in range(0, len(value) - len(value) % 4, 4):
                 if int.from_bytes(value[i : i + 4], "big", signed=True) > 0:
                     return True
@@ -107,11 +113,13 @@ class Index(Translator):
         if gfid not in self._listed and _increments(xattrs):
             await run_blocking(self._add, gfid)
         result = await self.child.xattrop(gfid, op, xattrs)
-        counters = [v for k, v in result.items() if k.startswith(PENDING_PREFIX)]
-        if counters and gfid in self._listed and not any(map(_nonzero, counters)):
-            await run_blocking(self._remove, gfid)
-        elif counters and gfid not in self._listed and any(map(_nonzero, counters)):
-            await run_blocking(self._add, gfid)
+        counters = [v for k, v in result.items() if _is_pending(k)]
+        if any(map(_nonzero, counters)):
+            if gfid not in self._listed:
+                await run_blocking(self._add, gfid)
+        elif counters and gfid in self._listed:
+            # The answer may not cover every child's counter: check them all.
+            await self._check(gfid)
         return result
 
     async def getxattr(self, gfid: bytes, name: str) -> bytes:
@@ -126,21 +134,25 @@ class Index(Translator):
         return b"".join(pending)
 
     async def _still_pending(self, gfid: bytes) -> bool:
-        """Check a listed object against its counters on the brick; drop it if clean or gone."""
         lock = self._locks.setdefault(gfid, trio.Lock())
         try:
             async with lock:
-                try:
-                    names = await self.child.listxattr(gfid)
-                    for name in names:
-                        if name.startswith(PENDING_PREFIX):
-                            if _nonzero(await self.child.getxattr(gfid, name)):
-                                return True
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOENT, errno.ESTALE, errno.ENODATA):
-                        raise
-                await run_blocking(self._remove, gfid)
-                return False
+                return await self._check(gfid)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._locks.pop(gfid, None)
+
+    async def _check(self, gfid: bytes) -> bool:
+        """Check a listed object against its counters on the brick; drop it if clean or gone.
+
+        The caller holds the gfid's lock.
+        """
+        try:
+            for name in await self.child.listxattr(gfid):
+                if _is_pending(name) and _nonzero(await self.child.getxattr(gfid, name)):
+                    return True
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ESTALE, errno.ENODATA):
+                raise
+        await run_blocking(self._remove, gfid)
+        return False
