@@ -50,9 +50,7 @@ def test_two_mounts_see_each_others_changes(two_mounts):
     wait_until(lambda: sorted(os.listdir(b.path)) == ["dir", "renamed"], SEEN_WITHIN, "rename")
 
     os.chmod(b.path / "renamed", 0o600)
-    wait_until(
-        lambda: (a.path / "renamed").stat().st_mode & 0o777 == 0o600, SEEN_WITHIN, "chmod"
-    )
+    wait_until(lambda: (a.path / "renamed").stat().st_mode & 0o777 == 0o600, SEEN_WITHIN, "chmod")
 
     (a.path / "renamed").unlink()
     wait_until(lambda: not (b.path / "renamed").exists(), SEEN_WITHIN, "unlink")
