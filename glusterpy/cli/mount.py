@@ -49,7 +49,7 @@ class MountOptions:
     entry_timeout: float = 1.0
     attr_timeout: float = 1.0
     negative_timeout: float = 0.0
-    binding: str = "pyfuse3"
+    binding: str = "kernel"
     device: str = "/dev/fuse"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="OPT[,OPT...]",
         help="entry-timeout=S, attr-timeout=S, negative-timeout=S (defaults 1, 1, 0), "
-        "binding=pyfuse3|kernel, fuse-device=PATH",
+        "binding=kernel|pyfuse3 (default kernel), fuse-device=PATH",
     )
     mount.add_argument("--volume-name", metavar="NAME", help="the volume to mount (default: last)")
     mount.add_argument(
