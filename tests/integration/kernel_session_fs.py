@@ -7,7 +7,8 @@ same files and locks, like two clients of one volume) and serves until they are 
 
 It keeps POSIX and flock locks itself, with the semantics the bricks' features/locks gives, and
 answers some test-only extended attributes on the root so that tests can look inside it:
-`user.test.write_sizes` (JSON: WRITE request size -> count), `user.test.locks` (locks held),
+`user.test.write_sizes` and `user.test.read_sizes` (JSON: request size -> count),
+`user.test.locks` (locks held),
 `user.test.session` (JSON: what INIT negotiated). Setting `user.test.drop` on the root to a name
 removes that name behind the kernel's back and sends INVAL_ENTRY from inside the handler.
 """
@@ -112,6 +113,7 @@ class MemFS:
         self.locks: dict[int, list[Held]] = collections.defaultdict(list)
         self.lock_changed: dict[int, trio.Event] = collections.defaultdict(trio.Event)
         self.write_sizes: collections.Counter[int] = collections.Counter()
+        self.read_sizes: collections.Counter[int] = collections.Counter()
         self.sessions: list = []
         self.nodes[ROOT] = Node(self._iatt(ROOT, stat.S_IFDIR | 0o755, 0, 0))
 
@@ -236,6 +238,7 @@ class MemFS:
         return await self.open(entry.ino, 0), entry
 
     async def read(self, fh, offset, size) -> bytes:
+        self.read_sizes[size] += 1
         return bytes(self.nodes[self.handles[fh]].data[offset : offset + size])
 
     async def write(self, fh, offset, data) -> int:
@@ -297,6 +300,8 @@ class MemFS:
     def _test_value(self, name: bytes) -> bytes:
         if name == b"user.test.write_sizes":
             return json.dumps(dict(self.write_sizes)).encode()
+        if name == b"user.test.read_sizes":
+            return json.dumps(dict(self.read_sizes)).encode()
         if name == b"user.test.locks":
             return str(sum(len(held) for held in self.locks.values())).encode()
         if name == b"user.test.session":
@@ -374,7 +379,7 @@ async def main(args: argparse.Namespace) -> None:
             session = await nursery.start(
                 functools.partial(
                     serve_mount, fs, mountpoint, "kernelsessiontest", options,
-                    via_fusermount=args.fusermount,
+                    via_fusermount=args.fusermount, read_ahead_kb=args.read_ahead_kb,
                 )
             )  # fmt: skip
             fs.sessions.append(session)
@@ -387,6 +392,7 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--no-locks", action="store_true")
     parser.add_argument("--fusermount", action="store_true")
+    parser.add_argument("--read-ahead-kb", type=int, default=None)
     parser.add_argument("mountpoints", nargs="+")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)

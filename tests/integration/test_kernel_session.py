@@ -109,6 +109,27 @@ def test_max_write_option_caps_the_request_size(serve):
     assert _test_value(mnt, "write_sizes") == {str(256 * 1024): 8}
 
 
+def test_read_ahead_is_set_after_init_and_makes_buffered_reads_large(serve):
+    (mnt,) = serve(1, "--read-ahead-kb", "1024")
+    device = _mount_device(mnt)
+    assert Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "1024"
+    (mnt / "data").write_bytes(bytes(8 * MIB))
+    with open(mnt / "data", "rb") as f:
+        while f.read(MIB):
+            pass
+    sizes = {int(size): count for size, count in _test_value(mnt, "read_sizes").items()}
+    assert max(sizes) == MIB
+
+
+def _mount_device(mnt: Path) -> str:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(mnt):
+                return fields[2]
+    raise AssertionError(f"{mnt} is not mounted")
+
+
 @pytest.fixture
 def fusectl():
     """/sys/fs/fuse/connections, mounted for the test when it is not already."""

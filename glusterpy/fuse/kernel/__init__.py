@@ -45,9 +45,13 @@ async def serve_mount(
     fd = open_connection(mountpoint, fsname, allow_other, via_fusermount, device)
     clean = False
     try:
-        if read_ahead_kb is not None and not set_read_ahead(mountpoint, read_ahead_kb):
-            log.info("read-ahead of %s left as the kernel set it", mountpoint)
-        session = Session(fs, fd, options)
+
+        def after_init(negotiated: Any) -> None:
+            # Not before: INIT lowers the device's read-ahead to the max_readahead we answer.
+            if read_ahead_kb is not None and not set_read_ahead(mountpoint, read_ahead_kb):
+                log.info("read-ahead of %s left as the kernel set it", mountpoint)
+
+        session = Session(fs, fd, options, on_init=after_init)
         task_status.started(session)
         await session.serve()
         clean = True

@@ -19,6 +19,7 @@ import errno
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,10 +95,17 @@ class SessionEnded(Exception):
 class Session:
     """Serves one FUSE connection `fd` with file system `fs` (see the module docstring)."""
 
-    def __init__(self, fs: Any, fd: int, options: SessionOptions | None = None):
+    def __init__(
+        self,
+        fs: Any,
+        fd: int,
+        options: SessionOptions | None = None,
+        on_init: Callable[[Negotiated], None] | None = None,
+    ):
         self.fs = fs
         self.fd = fd
         self.options = options or SessionOptions()
+        self.on_init = on_init
         self.handlers = Handlers(fs)
         self.negotiated: Negotiated | None = None
         self._max_pages = self.options.max_pages()
@@ -290,6 +298,8 @@ class Session:
             log.warning("request %r before INIT; answering EIO", req)
             self._reply(req.unique, errno.EIO, None)
         self._reply(req.unique, 0, self._init_reply(req.body))
+        if self.on_init is not None and self.negotiated is not None:
+            self.on_init(self.negotiated)
 
     def _init_reply(self, body: bytes) -> bytes:
         major, minor, max_readahead, flags = abi.INIT_IN.unpack_from(body)
