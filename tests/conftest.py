@@ -3,10 +3,14 @@
 `brick_factory` (from tests/support/bricks.py) starts glusterpyd processes; `mount_factory`
 mounts a client volfile with `glusterpy mount --foreground` in a subprocess. Both stop what
 they started in teardown, by pid and with a lazy unmount, even when the test failed.
+
+The FUSE binding the mounts use is pyfuse3 unless GLUSTERPY_TEST_BINDING names another
+(`kernel`), so the same suite runs on either binding.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from tests.support import bricks
 from tests.support.mounts import Mount
 
 brick_factory = bricks.brick_factory
+BINDING = os.environ.get("GLUSTERPY_TEST_BINDING", "pyfuse3")
 
 
 @pytest.fixture
@@ -24,6 +29,7 @@ def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     made: list[Mount] = []
 
     def make(volfile: Path, name: str = "mnt", options: str = "", **kwargs) -> Mount:
+        options = ",".join(filter(None, [f"binding={BINDING}", options]))
         mount = Mount(volfile, tmp_path / name, tmp_path / f"{name}.log", options, **kwargs)
         made.append(mount)
         return mount.start()

@@ -261,6 +261,7 @@ async def serve_volume(job: MountJob, ready: Callable[[], None]) -> None:
             )
             log.info("volume %s is up; mounting on %s", job.config.volume, job.config.mountpoint)
             await job.serve(bridge, job.config, ready)
+            log.info("volume %s unmounted from %s", job.config.volume, job.config.mountpoint)
         except (UserError, MountError) as e:
             # Kept until the graph has stopped, so it is not wrapped in the nursery's group.
             failure = str(e)

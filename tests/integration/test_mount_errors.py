@@ -148,7 +148,7 @@ def test_signal_unmounts_cleanly(volume, signum):
     os.kill(volume.pid, signum)
     assert volume.wait_exit() == 0
     assert not is_mounted(volume.path)
-    assert "unmounted" in volume.log_file.read_text()
+    assert f"volume client unmounted from {volume.path}" in volume.log_file.read_text()
 
 
 def test_umount_errors(volume, tmp_path):
