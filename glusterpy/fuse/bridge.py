@@ -14,6 +14,9 @@ Invariants:
   atomic; after an await a method re-reads the tables instead of trusting what it read before.
 - `forget` and `remember` are synchronous and never raise. Every other method raises only
   OSError with an errno; anything else is a bug that the binding answers with EIO.
+- New objects in a set-group-ID directory take the directory's group (and new directories the
+  bit), as the kernel does for local file systems; the directory's mode and group are the
+  last ones seen for it, so no extra request is made.
 - readdir cookies: 1 and 2 follow "." and ".."; a translator cookie c becomes c + 2. They stay
   valid for the open directory however it changes (the translator's cookies do).
 """
@@ -25,6 +28,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import uuid
 from dataclasses import dataclass, field
 
@@ -143,8 +147,12 @@ class DirItem:
 
 @dataclass(slots=True)
 class _Inode:
+    """A nodeid the kernel holds; `mode` and `gid` are the last attributes seen for it."""
+
     gfid: bytes
     nlookup: int
+    mode: int = 0
+    gid: int = 0
 
 
 @dataclass(slots=True)
@@ -204,7 +212,7 @@ class Bridge:
         ino = iatt.ino
         inode = self._inodes.get(ino)
         if inode is None:
-            self._inodes[ino] = _Inode(iatt.gfid, 1)
+            self._inodes[ino] = _Inode(iatt.gfid, 1, iatt.mode, iatt.gid)
         elif inode.gfid != iatt.gfid:
             log.error(
                 "gfids %s and %s share inode number %d; refusing the second",
@@ -215,7 +223,23 @@ class Bridge:
             raise error(errno.EIO, "inode number collision")
         else:
             inode.nlookup += 1
+            inode.mode, inode.gid = iatt.mode, iatt.gid
         return self._entry(iatt)
+
+    def _seen(self, iatt: Iatt) -> Iatt:
+        """Note fresh attributes of a nodeid the kernel holds."""
+        inode = self._inodes.get(iatt.ino)
+        if inode is not None and inode.gfid == iatt.gfid:
+            inode.mode, inode.gid = iatt.mode, iatt.gid
+        return iatt
+
+    def _new_owner(self, parent: int, gid: int, mode: int, is_dir: bool) -> tuple[int, int]:
+        """The group and mode of a new object in `parent`: set-group-ID directories pass on
+        their group, and to new directories the bit itself."""
+        inode = self._inodes.get(parent)
+        if inode is None or not inode.mode & stat.S_ISGID:
+            return gid, mode
+        return inode.gid, (mode | stat.S_ISGID) if is_dir else mode
 
     def remember(self, entry: Entry) -> None:
         """Count one lookup for an entry the binding put into a readdirplus reply."""
@@ -277,7 +301,7 @@ class Bridge:
     async def getattr(self, ino: int, fh: int | None = None) -> Attr:
         if fh is not None:
             iatt = await self.top.fstat(self._handle(fh, False).xl_fh)
-            return Attr(iatt, self.attr_timeout)
+            return Attr(self._seen(iatt), self.attr_timeout)
         try:
             iatt = await self.top.stat(self.gfid(ino))
         except OSError as e:
@@ -286,12 +310,12 @@ class Bridge:
             if e.errno not in (errno.ENOENT, errno.ESTALE) or handle is None:
                 raise
             iatt = await self.top.fstat(handle.xl_fh)
-        return Attr(iatt, self.attr_timeout)
+        return Attr(self._seen(iatt), self.attr_timeout)
 
     async def setattr(self, ino: int, attr: SetAttr, fh: int | None = None) -> Attr:
         xl_fh = None if fh is None else self._handle(fh, False).xl_fh
         iatt = await self.top.setattr(self.gfid(ino), attr, xl_fh)
-        return Attr(iatt, self.attr_timeout)
+        return Attr(self._seen(iatt), self.attr_timeout)
 
     async def readlink(self, ino: int) -> bytes:
         return await self.top.readlink(self.gfid(ino))
@@ -307,18 +331,21 @@ class Bridge:
     ) -> Entry:
         _check_name(name)
         gfid = _new_gfid()
+        gid, mode = self._new_owner(parent, gid, mode, False)
         iatt = await self.top.mknod(self.gfid(parent), name, mode, rdev, uid, gid, gfid)
         return self._count(iatt)
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Entry:
         _check_name(name)
         gfid = _new_gfid()
+        gid, mode = self._new_owner(parent, gid, mode, True)
         iatt = await self.top.mkdir(self.gfid(parent), name, mode, uid, gid, gfid)
         return self._count(iatt)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Entry:
         _check_name(name)
         gfid = _new_gfid()
+        gid, _ = self._new_owner(parent, gid, 0, False)
         iatt = await self.top.symlink(self.gfid(parent), name, target, uid, gid, gfid)
         return self._count(iatt)
 
@@ -359,6 +386,7 @@ class Bridge:
         _check_name(name)
         gfid = _new_gfid()
         flags = _brick_flags(flags)
+        gid, mode = self._new_owner(parent, gid, mode, False)
         xl_fh, iatt = await self.top.create(self.gfid(parent), name, flags, mode, uid, gid, gfid)
         fh = self._add_handle(xl_fh, iatt.ino, iatt.gfid, False)
         try:
@@ -398,7 +426,7 @@ class Bridge:
         handle = self._handle(fh, True)
         items: list[DirItem] = []
         if offset < DOTDOT_COOKIE:
-            dot = self._entry(await self.top.stat(handle.gfid))
+            dot = self._entry(self._seen(await self.top.stat(handle.gfid)))
             if offset < DOT_COOKIE:
                 items.append(DirItem(b".", DOT_COOKIE, dot, counted=False))
             items.append(DirItem(b"..", DOTDOT_COOKIE, dot, counted=False))
@@ -406,7 +434,8 @@ class Bridge:
         for entry in entries:
             if entry.name in (b".", b".."):
                 continue
-            item = DirItem(entry.name, entry.offset + DOTDOT_COOKIE, self._entry(entry.iatt))
+            attrs = self._entry(self._seen(entry.iatt))
+            item = DirItem(entry.name, entry.offset + DOTDOT_COOKIE, attrs)
             items.append(item)
         return items
 

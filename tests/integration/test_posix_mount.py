@@ -137,6 +137,19 @@ def test_chmod_chown_utimes(volume):
     assert stat.S_IMODE((volume.path / "d").stat().st_mode) == 0o1777
 
 
+def test_set_group_id_spool_directory(volume):
+    spool = volume.path / "mail"
+    spool.mkdir()
+    os.chown(spool, 0, 8)
+    os.chmod(spool, 0o2775)
+    (spool / "alice").write_bytes(b"From someone\n")
+    (spool / "sub").mkdir()
+    assert (spool / "alice").stat().st_gid == 8
+    assert os.stat(volume.brick.directory / "mail" / "alice").st_gid == 8
+    sub = (spool / "sub").stat()
+    assert sub.st_gid == 8 and sub.st_mode & stat.S_ISGID
+
+
 def test_user_xattrs(volume):
     path = volume.path / "f"
     path.write_bytes(b"")

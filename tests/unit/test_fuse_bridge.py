@@ -223,3 +223,20 @@ def test_errno_of():
     assert errno_of(OSError(errno.EACCES, "no")) == errno.EACCES
     assert errno_of(OSError("no errno")) == errno.EIO
     assert errno_of(ValueError("bug")) == errno.EIO
+
+
+def test_set_group_id_directories_pass_on_their_group(tmp_path):
+    async def body(bridge: Bridge) -> None:
+        spool = await bridge.mkdir(ROOT_INO, b"spool", 0o775, 0, 0)
+        await bridge.setattr(spool.ino, SetAttr(gid=8, mode=0o2775))
+        opened, mbox = await bridge.create(spool.ino, b"mbox", os.O_WRONLY, 0o660, 1000, 1000)
+        await bridge.release(opened.fh)
+        sub = await bridge.mkdir(spool.ino, b"sub", 0o755, 1000, 1000)
+        node = await bridge.mknod(sub.ino, b"fifo", stat.S_IFIFO | 0o600, 0, 1000, 1000)
+        plain = await bridge.mkdir(ROOT_INO, b"plain", 0o755, 1000, 1000)
+        assert (mbox.attr.uid, mbox.attr.gid) == (1000, 8)
+        assert sub.attr.gid == 8 and sub.attr.mode & stat.S_ISGID
+        assert node.attr.gid == 8
+        assert plain.attr.gid == 1000 and not plain.attr.mode & stat.S_ISGID
+
+    run_bridge(tmp_path, body)
