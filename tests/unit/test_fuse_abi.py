@@ -161,6 +161,9 @@ class _FakeFS:
     async def open(self, ino, flags):
         raise OSError(errno.EACCES, "no")
 
+    async def readlink(self, ino):
+        return "a str where bytes belong"
+
     def forget(self, items):
         self.forgotten.extend(items)
 
@@ -213,6 +216,8 @@ def test_session_answers_errors_and_survives_a_failing_handler():
         assert (await _reply(kernel))[:2] == (4, errno.EIO)
         await kernel.send(_request(Op.OPEN, 6, abi.OPEN_IN.pack(os.O_RDONLY, 0)))
         assert (await _reply(kernel))[:2] == (6, errno.EACCES)
+        await kernel.send(_request(Op.READLINK, 12))
+        assert (await _reply(kernel))[:2] == (12, errno.EIO)
         await kernel.send(_request(Op.BMAP, 8, bytes(16)))
         assert (await _reply(kernel))[:2] == (8, errno.ENOSYS)
         await kernel.send(_request(Op.GETATTR, 10, abi.GETATTR_IN.pack(0, 0, 0), nodeid=5))
@@ -280,5 +285,25 @@ def test_notifications_carry_their_code_and_no_unique():
 
     try:
         trio.run(run)
+    finally:
+        theirs.close()
+
+
+def test_a_kernel_older_than_we_serve_gets_eproto_and_the_session_ends():
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.setblocking(False)
+
+    async def run():
+        kernel = trio.socket.from_stdlib_socket(ours)
+        session = Session(_FakeFS(), theirs.fileno(), SessionOptions(max_write=65536))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.serve)
+            await kernel.send(_request(Op.INIT, 2, _init_body(abi.OLDEST_MINOR_VERSION - 1, 0)))
+            assert (await _reply(kernel))[:2] == (2, errno.EPROTO)
+        assert session.negotiated is None
+
+    try:
+        with ours:
+            trio.run(run)
     finally:
         theirs.close()

@@ -19,6 +19,7 @@ import errno
 import logging
 import math
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +119,11 @@ class Session:
 
     async def serve(self) -> None:
         """Answer INIT, then serve requests until the file system is unmounted."""
-        await self._init()
+        try:
+            await self._init()
+        except SessionEnded as exc:
+            log.info("FUSE session on fd %d ended before it began: %s", self.fd, exc)
+            return
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send_notifications)
@@ -203,15 +208,21 @@ class Session:
 
     def _inline(self, req: Request) -> bool:
         """Handle the requests that need no task; True when the session should end."""
+        try:
+            return self._inline_request(req)
+        except Exception:
+            log.exception("%r failed", req)
+            return False
+
+    def _inline_request(self, req: Request) -> bool:
         if req.opcode == Op.FORGET:
             (nlookup,) = abi.FORGET_IN.unpack_from(req.body)
             self.fs.forget([(req.nodeid, nlookup)])
         elif req.opcode == Op.BATCH_FORGET:
             (count, _) = abi.BATCH_FORGET_IN.unpack_from(req.body)
-            items = [
-                abi.FORGET_ONE.unpack_from(req.body, abi.BATCH_FORGET_IN.size + i * 16)
-                for i in range(count)
-            ]
+            start, step = abi.BATCH_FORGET_IN.size, abi.FORGET_ONE.size
+            count = min(count, (len(req.body) - start) // step)
+            items = [abi.FORGET_ONE.unpack_from(req.body, start + i * step) for i in range(count)]
             self.fs.forget(items)
         elif req.opcode == Op.INTERRUPT:
             self._interrupt(req)
@@ -242,14 +253,19 @@ class Session:
             parts = payload
         else:
             parts = [payload]
-        length = abi.OUT_HEADER.size + sum(len(p) for p in parts)
-        header = abi.OUT_HEADER.pack(length, -err, unique)
         try:
+            length = abi.OUT_HEADER.size + sum(len(p) for p in parts)
+            header = abi.OUT_HEADER.pack(length, -err, unique)
             os.writev(self.fd, [header, *parts])
         except OSError as exc:
             # ENOENT: the request was interrupted and is gone; ENODEV: we were unmounted.
             if exc.errno not in (errno.ENOENT, errno.ENODEV):
-                log.error("reply to unique %d (%d bytes) failed: %s", unique, length, exc)
+                log.error("reply to unique %d failed: %s", unique, exc)
+        except (TypeError, ValueError, struct.error):
+            # A handler answered something that is not bytes: a bug, but the caller still
+            # gets an answer and the session goes on.
+            log.exception("reply to unique %d is malformed; answering EIO", unique)
+            self._reply(unique, errno.EIO, None)
 
     def invalidate_inode(self, ino: int, offset: int = 0, length: int = 0) -> None:
         """Ask the kernel to drop node `ino`'s cached attributes and data (never blocks).
@@ -297,6 +313,13 @@ class Session:
                 break
             log.warning("request %r before INIT; answering EIO", req)
             self._reply(req.unique, errno.EIO, None)
+        major, minor = abi.INIT_IN.unpack_from(req.body)[:2]
+        if major == abi.KERNEL_VERSION and minor < abi.OLDEST_MINOR_VERSION:
+            log.error(
+                "kernel FUSE 7.%d is too old: 7.%d is needed", minor, abi.OLDEST_MINOR_VERSION
+            )
+            self._reply(req.unique, errno.EPROTO, None)
+            raise SessionEnded("kernel protocol too old")
         self._reply(req.unique, 0, self._init_reply(req.body))
         if self.on_init is not None and self.negotiated is not None:
             self.on_init(self.negotiated)
