@@ -94,6 +94,7 @@ def test_ofd_lock_is_released_on_close(two_clients):
     assert holder.do("ofd w 0 0") == "ok"
     assert other.do("ofd w 0 0") == "err EAGAIN"
     assert holder.do("close") == "ok"
+    # The kernel sends RELEASE in the background after close(2) has returned.
     wait_until(lambda: other.do("ofd w 0 0") == "ok", 10, "the OFD lock to be released")
 
 
