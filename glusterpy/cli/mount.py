@@ -275,9 +275,21 @@ def run_mount(args: argparse.Namespace) -> int:
     setup_logging(args)
     job = prepare(args)
     if args.foreground:
-        trio.run(serve_volume, job, lambda: log.info("mounted on %s", job.config.mountpoint))
-        return 0
+        return run_foreground(job, args.log_file)
     return daemonize(job, args.log_file)
+
+
+def run_foreground(job: MountJob, log_file: str | None) -> int:
+    try:
+        trio.run(serve_volume, job, lambda: log.info("mounted on %s", job.config.mountpoint))
+    except (UserError, VolfileError, KeyboardInterrupt):
+        raise
+    except BaseException:
+        # A bug, not a user error: the traceback goes to the log, one line to the terminal.
+        log.exception("the mount process failed")
+        where = log_file or "the log above"
+        raise UserError(f"the mount process failed unexpectedly; see {where}") from None
+    return 0
 
 
 def default_log_file(mountpoint: str) -> str:
@@ -339,28 +351,31 @@ def _child(job: MountJob, pipe: int) -> int:
         os.dup2(null, fd)
     os.close(null)
 
-    def ready() -> None:
-        os.write(pipe, b"ready\n")
+    told = False
+
+    def tell(line: str) -> None:
+        """Send the parent the one line it waits for; later outcomes go to the log only."""
+        nonlocal told
+        if told:
+            return
+        told = True
+        try:
+            os.write(pipe, line.encode(errors="replace"))
+            os.close(pipe)
+        except OSError:
+            log.warning("the mounting command had gone before hearing: %s", line.strip())
 
     try:
-        trio.run(serve_volume, job, ready)
+        trio.run(serve_volume, job, lambda: tell("ready\n"))
         return 0
     except (UserError, VolfileError) as e:
         log.error("%s", e)
-        _tell(pipe, f"error: {e}\n")
+        tell(f"error: {e}\n")
         return 2
     except BaseException:
         log.exception("the mount process failed")
-        _tell(pipe, "error: the mount process failed unexpectedly; see its log\n")
+        tell("error: the mount process failed unexpectedly; see its log\n")
         return 1
-
-
-def _tell(pipe: int, line: str) -> None:
-    try:
-        os.write(pipe, line.encode(errors="replace"))
-    except OSError:
-        # The parent has already gone with "ready"; the log has the line.
-        pass
 
 
 # --- unmounting -------------------------------------------------------------------------------
