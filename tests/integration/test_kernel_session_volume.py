@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
-from kernel_session_support import LockClient, wait_until
+from kernel_session_support import LockClient, connection_number, mounted, wait_until
 
+from glusterpy.fuse.kernel.mount import connection_device
 from tests.support import bricks
+from tests.support.mounts import GLUSTERPY
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +131,47 @@ def test_ten_thousand_lock_unlock_pairs_leave_no_lock_on_the_brick(two_clients, 
     assert holder.do(f"loop 10000 {kind}", timeout=180) == "ok"
     # The other client, on its own connection, gets at once what any leftover would block.
     assert other.do("lock w 0 0 0" if kind == "lockf" else "flock w 0") == "ok"
+
+
+@pytest.fixture
+def fusectl():
+    """/sys/fs/fuse/connections, mounted for the test when it is not already."""
+    connections = Path("/sys/fs/fuse/connections")
+    ours = not mounted(connections)
+    if ours:
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)], check=True)
+    yield connections
+    if ours:
+        subprocess.run(["umount", "-l", str(connections)], timeout=10)
+
+
+def test_mount_options_set_the_background_queue_and_read_ahead(
+    brick_factory, mount_factory, tmp_path, fusectl
+):
+    brick = brick_factory()
+    volfile = bricks.write_client_volfile(tmp_path / "client.vol", brick.port)
+    options = "binding=kernel,background-qlen=32,congestion-threshold=16,read-ahead-kb=512"
+    mount = mount_factory(volfile, "mnt", options)
+    os.stat(mount.path)  # INIT is answered by now
+    connection = fusectl / str(connection_number(mount.path))
+    assert (connection / "max_background").read_text().strip() == "32"
+    assert (connection / "congestion_threshold").read_text().strip() == "16"
+    device = connection_device(str(mount.path))
+    assert Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "512"
+
+
+def test_a_bad_binding_option_is_one_line_naming_it(brick_factory, tmp_path):
+    brick = brick_factory()
+    volfile = bricks.write_client_volfile(tmp_path / "client.vol", brick.port)
+    (tmp_path / "mnt").mkdir()
+    command = [GLUSTERPY, "mount", "-f", str(volfile), str(tmp_path / "mnt"), "--foreground"]
+    command += ["-o", "binding=kernel,background-qlen=lots"]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "mnt")], capture_output=True, timeout=10)
+    assert proc.returncode == 2
+    # In the foreground the log goes to stderr too; the error is its last line, no traceback.
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "glusterpy: error: mount option background-qlen=lots: not a whole number"
