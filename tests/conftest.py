@@ -4,8 +4,9 @@
 mounts a client volfile with `glusterpy mount --foreground` in a subprocess. Both stop what
 they started in teardown, by pid and with a lazy unmount, even when the test failed.
 
-The FUSE binding the mounts use is pyfuse3 unless GLUSTERPY_TEST_BINDING names another
-(`kernel`), so the same suite runs on either binding.
+Mounts use `glusterpy mount`'s default binding. A test module that sets `ALL_BINDINGS = True`
+(the core POSIX suite) runs each mounting test once per binding, pyfuse3 and our kernel
+session, since both serve users; GLUSTERPY_TEST_BINDINGS (comma-separated) narrows that list.
 """
 
 from __future__ import annotations
@@ -20,16 +21,28 @@ from tests.support import bricks
 from tests.support.mounts import Mount
 
 brick_factory = bricks.brick_factory
-BINDING = os.environ.get("GLUSTERPY_TEST_BINDING", "pyfuse3")
+BINDINGS = os.environ.get("GLUSTERPY_TEST_BINDINGS", "pyfuse3,kernel").split(",")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "binding" in metafunc.fixturenames and getattr(metafunc.module, "ALL_BINDINGS", False):
+        metafunc.parametrize("binding", BINDINGS, indirect=True)
 
 
 @pytest.fixture
-def mount_factory(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+def binding(request) -> str | None:
+    """The binding mounts ask for; None leaves `glusterpy mount` its default."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path, binding: str | None) -> Iterator[Callable[..., Mount]]:
     """make(volfile, name="mnt", options="") -> a started Mount; all are stopped afterwards."""
     made: list[Mount] = []
 
     def make(volfile: Path, name: str = "mnt", options: str = "", **kwargs) -> Mount:
-        options = ",".join(filter(None, [f"binding={BINDING}", options]))
+        if binding is not None:
+            options = ",".join(filter(None, [f"binding={binding}", options]))
         mount = Mount(volfile, tmp_path / name, tmp_path / f"{name}.log", options, **kwargs)
         made.append(mount)
         return mount.start()

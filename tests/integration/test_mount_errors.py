@@ -15,6 +15,7 @@ from tests.support import bricks
 from tests.support.mounts import GLUSTERPY, Mount, is_mounted, mount_entry, wait_until
 
 pytestmark = pytest.mark.integration
+ALL_BINDINGS = True
 
 CLI_TIMEOUT = 60
 

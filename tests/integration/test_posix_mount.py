@@ -22,6 +22,7 @@ import pytest
 from glusterpy.xlator import gfid_to_ino
 
 pytestmark = pytest.mark.integration
+ALL_BINDINGS = True
 
 MiB = 1 << 20
 

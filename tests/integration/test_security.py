@@ -21,6 +21,7 @@ import pytest
 from tests.support import bricks
 
 pytestmark = pytest.mark.integration
+ALL_BINDINGS = True
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

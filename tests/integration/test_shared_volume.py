@@ -19,6 +19,7 @@ from tests.support import bricks
 from tests.support.mounts import wait_until
 
 pytestmark = pytest.mark.integration
+ALL_BINDINGS = True
 
 # The caches expire after 1 s; the rest is slack for a busy machine.
 SEEN_WITHIN = 10.0
