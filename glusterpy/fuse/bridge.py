@@ -314,8 +314,29 @@ class Bridge:
 
     async def setattr(self, ino: int, attr: SetAttr, fh: int | None = None) -> Attr:
         xl_fh = None if fh is None else self._handle(fh, False).xl_fh
+        kills_privileges = (attr.uid, attr.gid, attr.size) != (None, None, None)
+        if kills_privileges and attr.mode is None:
+            attr = dataclasses.replace(attr, mode=self._mode_without_privileges(ino))
         iatt = await self.top.setattr(self.gfid(ino), attr, xl_fh)
         return Attr(self._seen(iatt), self.attr_timeout)
+
+    def _mode_without_privileges(self, ino: int) -> int | None:
+        """The permission bits of `ino` without set-user-ID and set-group-ID (with group
+        execute), or None when it has neither, by the last attributes seen.
+
+        The kernel leaves clearing them on write, truncate and chown to the file system
+        (libfuse turns on HANDLE_KILLPRIV), and the bricks change files as root, which keeps
+        them; left alone, a user could change a set-ID program and keep its privileges. Unlike
+        a local file system, this also clears them when root writes.
+        """
+        inode = self._inodes.get(ino)
+        if inode is None or not stat.S_ISREG(inode.mode):
+            return None
+        mode = inode.mode
+        group_exec = stat.S_ISGID | stat.S_IXGRP
+        if not mode & stat.S_ISUID and mode & group_exec != group_exec:
+            return None
+        return stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID)
 
     async def readlink(self, ino: int) -> bytes:
         return await self.top.readlink(self.gfid(ino))
@@ -400,7 +421,13 @@ class Bridge:
         return await self.top.read(self._handle(fh, False).xl_fh, offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
-        return await self.top.write(self._handle(fh, False).xl_fh, offset, data)
+        handle = self._handle(fh, False)
+        written = await self.top.write(handle.xl_fh, offset, data)
+        mode = self._mode_without_privileges(handle.ino)
+        if mode is not None:
+            iatt = await self.top.setattr(handle.gfid, SetAttr(mode=mode), handle.xl_fh)
+            self._seen(iatt)
+        return written
 
     async def flush(self, fh: int, lock_owner: int = 0) -> None:
         await self.top.flush(self._handle(fh, False).xl_fh, owner_bytes(lock_owner))

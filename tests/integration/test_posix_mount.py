@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from glusterpy.xlator import gfid_to_ino
+from tests.support.mounts import wait_until
 
 pytestmark = pytest.mark.integration
 ALL_BINDINGS = True
@@ -151,6 +152,21 @@ def test_set_group_id_spool_directory(volume):
     assert sub.st_gid == 8 and sub.st_mode & stat.S_ISGID
 
 
+def test_set_user_id_bit_dropped_when_a_user_changes_the_program(volume):
+    path = volume.path / "tool"
+    path.write_bytes(b"#!/bin/sh\necho harmless\n")
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o4755)
+    results = as_nobody(
+        volume.path,
+        "print(attempt(lambda: os.write(os.open('tool', os.O_WRONLY | os.O_APPEND, dir_fd=root),"
+        " b'x')))\n",
+    )
+    assert results == ["allowed"]
+    assert stat.S_IMODE(os.stat(volume.brick.directory / "tool").st_mode) == 0o755
+    wait_until(lambda: stat.S_IMODE(path.stat().st_mode) == 0o755, 10, "the mode in the mount")
+
+
 def test_user_xattrs(volume):
     path = volume.path / "f"
     path.write_bytes(b"")
@@ -246,32 +262,49 @@ def test_unlinked_open_file_still_readable(volume):
     assert os.listdir(volume.path) == []
 
 
-def test_permissions_are_enforced_for_other_users(volume):
-    secret = volume.path / "secret"
-    secret.write_bytes(b"root only")
-    os.chmod(secret, 0o600)
-    shared = volume.path / "shared"
-    shared.mkdir(mode=0o755)
+def as_nobody(root: Path, body: str) -> list[str]:
+    """Run Python `body` as uid/gid 65534, with the mount's root open as directory fd `root`.
+
+    The fd is opened before dropping privileges, so the directories above the mount point
+    (pytest's private temporary tree) need not be searchable by that user.
+    """
     code = (
         "import os, sys\n"
-        "os.setgid(65534); os.setuid(65534)\n"
-        "results = []\n"
-        "for action in (lambda: open(sys.argv[1]).read(),\n"
-        "               lambda: open(sys.argv[2] + '/new', 'w')):\n"
+        "root = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "def attempt(action):\n"
         "    try:\n"
-        "        action(); results.append('allowed')\n"
+        "        action()\n"
+        "        return 'allowed'\n"
         "    except PermissionError:\n"
-        "        results.append('denied')\n"
-        "print(' '.join(results))\n"
+        "        return 'denied'\n" + body
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(secret), str(shared)],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        [sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=30
     )
-    assert out.stdout.split() == ["denied", "denied"], out.stderr
-    assert os.listdir(shared) == []
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_permissions_are_enforced_for_other_users(volume):
+    (volume.path / "secret").write_bytes(b"root only")
+    os.chmod(volume.path / "secret", 0o600)
+    (volume.path / "public").write_bytes(b"anyone")
+    os.chmod(volume.path / "public", 0o644)
+    (volume.path / "shared").mkdir(mode=0o755)
+    (volume.path / "open").mkdir(mode=0o777)
+    os.chmod(volume.path / "open", 0o777)
+    results = as_nobody(
+        volume.path,
+        "print(attempt(lambda: os.read(os.open('secret', os.O_RDONLY, dir_fd=root), 9)))\n"
+        "print(attempt(lambda: os.open('shared/new', os.O_CREAT | os.O_WRONLY, dir_fd=root)))\n"
+        "print(attempt(lambda: os.open('public', os.O_WRONLY, dir_fd=root)))\n"
+        "print(attempt(lambda: os.read(os.open('public', os.O_RDONLY, dir_fd=root), 9)))\n"
+        "print(attempt(lambda: os.open('open/mine', os.O_CREAT | os.O_WRONLY, dir_fd=root)))\n",
+    )
+    assert results == ["denied", "denied", "denied", "allowed", "allowed"]
+    assert os.listdir(volume.path / "shared") == []
+    assert (volume.path / "open" / "mine").stat().st_uid == 65534
 
 
 def test_200_mb_file_checksum(volume):

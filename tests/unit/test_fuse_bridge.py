@@ -240,3 +240,31 @@ def test_set_group_id_directories_pass_on_their_group(tmp_path):
         assert plain.attr.gid == 1000 and not plain.attr.mode & stat.S_ISGID
 
     run_bridge(tmp_path, body)
+
+
+def test_write_truncate_and_chown_drop_set_id_bits(tmp_path):
+    async def body(bridge: Bridge) -> list[int]:
+        modes = []
+        for change in ("write", "truncate", "chown"):
+            opened, entry = await bridge.create(
+                ROOT_INO, change.encode(), os.O_RDWR, 0o755, 1000, 1000
+            )
+            await bridge.setattr(entry.ino, SetAttr(mode=0o6755))
+            if change == "write":
+                await bridge.write(opened.fh, 0, b"patched")
+            elif change == "truncate":
+                await bridge.setattr(entry.ino, SetAttr(size=0), opened.fh)
+            else:
+                await bridge.setattr(entry.ino, SetAttr(uid=1001))
+            modes.append((await bridge.getattr(entry.ino)).attr.mode)
+            await bridge.release(opened.fh)
+        # Set-group-ID without group execute marks mandatory locking, not privilege: kept.
+        opened, entry = await bridge.create(ROOT_INO, b"lock", os.O_RDWR, 0o644, 0, 0)
+        await bridge.setattr(entry.ino, SetAttr(mode=0o2644))
+        await bridge.write(opened.fh, 0, b"x")
+        modes.append((await bridge.getattr(entry.ino)).attr.mode)
+        return modes
+
+    *changed, kept = run_bridge(tmp_path, body)
+    assert [stat.S_IMODE(mode) for mode in changed] == [0o755, 0o755, 0o755]
+    assert stat.S_IMODE(kept) == 0o2644
