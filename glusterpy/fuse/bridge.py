@@ -399,7 +399,11 @@ class Bridge:
     async def open(self, ino: int, flags: int) -> OpenFile:
         gfid = self.gfid(ino)
         xl_fh = await self.top.open(gfid, _brick_flags(flags))
-        return OpenFile(self._add_handle(xl_fh, ino, gfid, False))
+        fh = self._add_handle(xl_fh, ino, gfid, False)
+        mode = self._mode_without_privileges(ino) if flags & os.O_TRUNC else None
+        if mode is not None:
+            self._seen(await self.top.setattr(gfid, SetAttr(mode=mode), xl_fh))
+        return OpenFile(fh)
 
     async def create(
         self, parent: int, name: bytes, flags: int, mode: int, uid: int, gid: int

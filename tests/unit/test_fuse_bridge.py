@@ -245,13 +245,16 @@ def test_set_group_id_directories_pass_on_their_group(tmp_path):
 def test_write_truncate_and_chown_drop_set_id_bits(tmp_path):
     async def body(bridge: Bridge) -> list[int]:
         modes = []
-        for change in ("write", "truncate", "chown"):
+        for change in ("write", "truncate", "chown", "open-truncate"):
             opened, entry = await bridge.create(
                 ROOT_INO, change.encode(), os.O_RDWR, 0o755, 1000, 1000
             )
             await bridge.setattr(entry.ino, SetAttr(mode=0o6755))
             if change == "write":
                 await bridge.write(opened.fh, 0, b"patched")
+            elif change == "open-truncate":
+                reopened = await bridge.open(entry.ino, os.O_WRONLY | os.O_TRUNC)
+                await bridge.release(reopened.fh)
             elif change == "truncate":
                 await bridge.setattr(entry.ino, SetAttr(size=0), opened.fh)
             else:
@@ -266,5 +269,5 @@ def test_write_truncate_and_chown_drop_set_id_bits(tmp_path):
         return modes
 
     *changed, kept = run_bridge(tmp_path, body)
-    assert [stat.S_IMODE(mode) for mode in changed] == [0o755, 0o755, 0o755]
+    assert [stat.S_IMODE(mode) for mode in changed] == [0o755] * 4
     assert stat.S_IMODE(kept) == 0o2644
