@@ -461,7 +461,8 @@ class Bridge:
             if offset < DOT_COOKIE:
                 items.append(DirItem(b".", DOT_COOKIE, dot, counted=False))
             items.append(DirItem(b"..", DOTDOT_COOKIE, dot, counted=False))
-        entries = await self._dir_entries(handle, max(offset - DOTDOT_COOKIE, 0))
+        cookie = max(offset - DOTDOT_COOKIE, 0)
+        entries = await self._dir_entries(handle, cookie, fresh=offset == 0)
         for entry in entries:
             if entry.name in (b".", b".."):
                 continue
@@ -470,12 +471,13 @@ class Bridge:
             items.append(item)
         return items
 
-    async def _dir_entries(self, handle: _Handle, cookie: int) -> list[DirEntry]:
+    async def _dir_entries(self, handle: _Handle, cookie: int, fresh: bool) -> list[DirEntry]:
         """Translator entries after translator cookie `cookie`, from the batch when it has them.
 
-        Cookie 0 always asks again, so a rewound directory shows its current contents.
+        A listing from the start (`fresh`) always asks again, so a rewound directory shows its
+        current contents; a batch that was asked from `cookie` (even an empty one) is reused.
         """
-        if cookie != 0 and handle.batch:
+        if not fresh and handle.batch_from >= 0:
             if cookie == handle.batch_from:
                 return handle.batch
             for index, entry in enumerate(handle.batch):
