@@ -69,6 +69,13 @@ def is_mounted(path: str | os.PathLike[str]) -> bool:
     return mount_entry(path) is not None
 
 
+def _lazy_umount(path: Path) -> None:
+    try:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 class Mount:
     """One `glusterpy mount --foreground` process and its mount point."""
 
@@ -85,6 +92,7 @@ class Mount:
         self.log_file = log_file
         self.options = options
         self.extra_args = list(extra_args)
+        self.stderr_file = log_file.with_name(log_file.name + ".stderr")
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -100,13 +108,13 @@ class Mount:
 
     def start(self, timeout: float = MOUNT_TIMEOUT) -> Mount:
         self.path.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+        # stderr goes to a file: a pipe nobody reads could fill up and stall the mount.
+        with open(self.stderr_file, "wb") as stderr:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + timeout
         while not is_mounted(self.path):
             if self.proc.poll() is not None:
-                stderr = self.proc.stderr.read() if self.proc.stderr else ""
+                stderr = self.stderr_file.read_text(errors="replace")
                 raise AssertionError(
                     f"glusterpy mount exited with {self.proc.returncode}: {stderr.strip()}\n"
                     f"{self.log_tail()}"
@@ -141,14 +149,16 @@ class Mount:
     def stop(self) -> None:
         """Unmount and end the process whatever state they are in; never raises."""
         if is_mounted(self.path):
-            if self.unmount().returncode != 0:
-                subprocess.run(["umount", "-l", str(self.path)], capture_output=True, timeout=30)
+            try:
+                unmounted = self.unmount().returncode == 0
+            except subprocess.TimeoutExpired:
+                unmounted = False
+            if not unmounted:
+                _lazy_umount(self.path)
         if self.proc is not None and self.wait_exit() is None:
             self._kill()
         if is_mounted(self.path):
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, timeout=30)
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
+            _lazy_umount(self.path)
 
     def _kill(self) -> None:
         assert self.proc is not None
