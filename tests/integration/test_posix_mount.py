@@ -7,6 +7,7 @@ directly to check that what the mount reports is what is on disk.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.integration
 ALL_BINDINGS = True
 
 MiB = 1 << 20
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
 
 
 def test_create_write_read(volume):
@@ -80,6 +83,27 @@ def test_rename_and_rename_over_existing(volume):
     os.rename(b, volume.path / "d" / "b")
     assert (volume.path / "d" / "b").read_bytes() == b"from a"
     assert (volume.brick.directory / "d" / "b").read_bytes() == b"from a"
+
+
+def _renameat2(old: Path, new: Path, flags: int) -> int:
+    """renameat2(2) through libc; returns 0 or the errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    result = libc.renameat2(at_fdcwd, bytes(old), at_fdcwd, bytes(new), flags)
+    return 0 if result == 0 else ctypes.get_errno()
+
+
+def test_rename_noreplace_and_exchange(volume):
+    a, b = volume.path / "a", volume.path / "b"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    assert _renameat2(a, b, RENAME_NOREPLACE) == errno.EEXIST
+    assert b.read_bytes() == b"b"
+    assert _renameat2(a, volume.path / "c", RENAME_NOREPLACE) == 0
+    assert sorted(os.listdir(volume.path)) == ["b", "c"]
+    # Exchanging two names has no fop behind it: refused, and nothing changes.
+    assert _renameat2(b, volume.path / "c", RENAME_EXCHANGE) == errno.EINVAL
+    assert (b.read_bytes(), (volume.path / "c").read_bytes()) == (b"b", b"a")
 
 
 def test_hard_link(volume):
