@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import stat
 import sys
 import time
@@ -115,7 +116,9 @@ class MemFS:
         self.write_sizes: collections.Counter[int] = collections.Counter()
         self.read_sizes: collections.Counter[int] = collections.Counter()
         self.sessions: list = []
-        self.nodes[ROOT] = Node(self._iatt(ROOT, stat.S_IFDIR | 0o755, 0, 0))
+        # The root belongs to whoever serves it, as a user mount's root does.
+        root = self._iatt(ROOT, stat.S_IFDIR | 0o755, os.getuid(), os.getgid())
+        self.nodes[ROOT] = Node(root)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -375,15 +378,25 @@ async def main(args: argparse.Namespace) -> None:
     fs = MemFS(args.timeout)
     options = SessionOptions(max_write=args.max_write, locks=not args.no_locks)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         for mountpoint in args.mountpoints:
             session = await nursery.start(
                 functools.partial(
                     serve_mount, fs, mountpoint, "kernelsessiontest", options,
                     via_fusermount=args.fusermount, read_ahead_kb=args.read_ahead_kb,
+                    allow_other=not args.private,
                 )
             )  # fmt: skip
             fs.sessions.append(session)
         print("ready", flush=True)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    # Cancelling the sessions unmounts (lazily) on the way out.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 if __name__ == "__main__":
@@ -392,6 +405,7 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--no-locks", action="store_true")
     parser.add_argument("--fusermount", action="store_true")
+    parser.add_argument("--private", action="store_true", help="no allow_other")
     parser.add_argument("--read-ahead-kb", type=int, default=None)
     parser.add_argument("mountpoints", nargs="+")
     args = parser.parse_args()

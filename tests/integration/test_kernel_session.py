@@ -11,11 +11,23 @@ import errno
 import json
 import mmap
 import os
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-from kernel_session_support import Child, Servers, connection_number, mounted, wait_until
+from kernel_session_support import (
+    REPO,
+    SERVER,
+    Child,
+    Servers,
+    connection_number,
+    mounted,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +203,59 @@ def test_killed_server_leaves_a_mount_that_lazy_unmount_clears(serve):
     assert caught.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     subprocess.run(["umount", "-l", str(mnt)], check=True, timeout=10)
     assert not mounted(mnt)
+
+
+# --- a user's own mount, through fusermount3 ---------------------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def user_dir():
+    """A directory the unprivileged user `nobody` owns (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="kernel-session-user-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    os.chown(path, NOBODY, NOBODY)
+    yield path
+    subprocess.run(["umount", "-l", str(path / "mnt")], capture_output=True, timeout=10)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_unprivileged_user_mounts_through_fusermount3(user_dir):
+    mnt = user_dir / "mnt"
+    mnt.mkdir()
+    os.chown(mnt, NOBODY, NOBODY)
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(user_dir))
+    command = [sys.executable, str(SERVER), "--private", str(mnt)]
+    with open(user_dir / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, user=NOBODY, group=NOBODY
+        )
+    try:
+        wait_until(lambda: mounted(mnt) or server.poll() is not None, 10, "the user's mount")
+        assert server.poll() is None, (user_dir / "server.log").read_text()
+        with open("/proc/self/mountinfo") as f:
+            line = next(line for line in f if line.split()[4] == str(mnt))
+        assert "user_id=65534" in line
+        # Only the user may use a mount without allow_other; the user's client does the work.
+        client = subprocess.run(
+            [sys.executable, "-c", USER_CLIENT, str(mnt)],
+            capture_output=True, text=True, timeout=30, user=NOBODY, group=NOBODY,
+        )  # fmt: skip
+        assert client.stdout.strip() == "hello from nobody", client.stderr
+        # The server, not being root, unmounts with fusermount3 when it is told to stop.
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=10) is not None
+        wait_until(lambda: not mounted(mnt), 10, "the user's mount to go")
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+USER_CLIENT = """
+import os, sys
+path = os.path.join(sys.argv[1], "note")
+with open(path, "w") as f:
+    f.write("hello from nobody")
+print(open(path).read())
+"""
