@@ -119,12 +119,17 @@ class Entry:
 
 @dataclass(slots=True)
 class Attr:
+    """An object's attributes for the kernel, and how long it may cache them."""
+
     attr: Iatt
     attr_timeout: float
 
 
 @dataclass(slots=True)
 class OpenFile:
+    """An open file's handle for the kernel; the page cache is dropped on open by default,
+    so that a reader sees what other clients wrote before (close-to-open consistency)."""
+
     fh: int
     direct_io: bool = False
     keep_cache: bool = False
