@@ -346,6 +346,8 @@ def _read_answer(pipe, timeout: float) -> bytes:
 def _child(job: MountJob, pipe: int) -> int:
     """The daemon: detach from the terminal, serve, report the first outcome on `pipe`."""
     os.setsid()
+    # Hold no directory busy: the volfile is read and the log file open already.
+    os.chdir("/")
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
