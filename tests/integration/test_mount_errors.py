@@ -183,3 +183,14 @@ def test_dead_mount_is_named_and_cleared(volume, tmp_path):
     assert_user_error(result, "dead mount", "glusterpy umount -l")
     assert glusterpy("umount", "-l", str(volume.path)).returncode == 0
     assert not is_mounted(volume.path)
+
+
+def test_mount_point_with_spaces(brick_factory, mount_factory, tmp_path):
+    brick = brick_factory()
+    volfile = bricks.write_client_volfile(tmp_path / "client.vol", brick.port)
+    mount = mount_factory(volfile, "mail spool")
+    (mount.path / "f").write_bytes(b"x")
+    assert glusterpy(*mount_args(volfile, mount.path)).stderr.count("busy") == 1
+    assert glusterpy("umount", str(mount.path)).returncode == 0
+    assert not is_mounted(mount.path)
+    assert mount.wait_exit() == 0
