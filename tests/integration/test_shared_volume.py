@@ -119,3 +119,20 @@ def test_open_file_survives_a_brick_restart(volume):
 
         wait_until(write_more, RECOVER_WITHIN, "writing through the open file again")
     assert path.read_bytes() == b"first half, second half"
+
+
+def test_zero_cache_timeouts_show_changes_at_once(brick_factory, mount_factory, tmp_path):
+    brick = brick_factory()
+    volfile = bricks.write_client_volfile(tmp_path / "client.vol", brick.port)
+    options = "entry-timeout=0,attr-timeout=0"
+    a = mount_factory(volfile, "mnt-a", options)
+    b = mount_factory(volfile, "mnt-b", options)
+    assert not (b.path / "f").exists()
+    (a.path / "f").write_bytes(b"12345")
+    # Nothing is cached, so the other mount sees each change on its very next look.
+    assert (b.path / "f").stat().st_size == 5
+    with open(a.path / "f", "ab") as f:
+        f.write(b"678")
+    assert (b.path / "f").stat().st_size == 8
+    (a.path / "f").unlink()
+    assert not (b.path / "f").exists()
