@@ -411,3 +411,29 @@ def test_daemon_runs_in_the_foreground_and_stops_cleanly_on_sigterm(tmp_path):
     assert out == ""
     assert f"listening on 127.0.0.1:{port}" in err and "stopping on SIGTERM" in err
     assert not pid_file.exists()
+
+
+def test_many_waiting_locks_do_not_stall_other_fops_on_the_connection(tmp_path, brick_factory):
+    brick = brick_factory()
+    holder_graph = client_graph(tmp_path, brick, name="holder")
+    waiter_graph = client_graph(tmp_path, brick, name="waiter")
+    waiters = 300  # more than the brick's cap on ordinary requests in flight
+
+    async def main():
+        async with holder_graph.running(), waiter_graph.running():
+            assert await holder_graph.wait_up(WAIT) and await waiter_graph.wait_up(WAIT)
+            holder, waiter = holder_graph.top, waiter_graph.top
+            lock = Flock(fcntl.F_WRLCK, 0, 0, 1, b"holder")
+            await holder.inodelk("test", ROOT_GFID, fcntl.F_SETLK, lock)
+            async with trio.open_nursery() as nursery:
+                for i in range(waiters):
+                    owner = Flock(fcntl.F_WRLCK, 0, 0, 2, b"waiter-%d" % i)
+                    nursery.start_soon(waiter.inodelk, "test", ROOT_GFID, fcntl.F_SETLKW, owner)
+                await trio.sleep(0.5)
+                with trio.fail_after(WAIT):
+                    assert (await waiter.stat(ROOT_GFID)).gfid == ROOT_GFID
+                assert waiter.is_up
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert brick.alive()

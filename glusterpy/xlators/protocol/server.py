@@ -38,6 +38,10 @@ HANDSHAKE_TIMEOUT = 20.0
 # Requests one connection may have running at once; the reader waits for a free slot, so a
 # flood of requests slows its sender instead of growing the daemon without bound.
 MAX_IN_FLIGHT = 256
+# Lock requests may wait for a long time (blocking locks), so they count against a separate,
+# larger cap: waiting locks must not keep the reader from answering pings and other fops.
+MAX_LOCKS_IN_FLIGHT = 4096
+LOCK_FOPS = frozenset({"lk", "inodelk", "entrylk"})
 # Bulk bytes (write data received, read data to send) one connection may hold at once.
 MAX_IN_FLIGHT_BYTES = 64 << 20
 HANDLE_FOPS = frozenset(
@@ -229,6 +233,7 @@ class Session:
         self.handles: dict[int, tuple[int, bool]] = {}
         self._next_handle = itertools.count(1)
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
+        self._lock_slots = trio.Semaphore(MAX_LOCKS_IN_FLIGHT)
         self._bytes = ByteBudget(MAX_IN_FLIGHT_BYTES)
 
     async def run(self) -> None:
@@ -262,14 +267,17 @@ class Session:
                 continue
             fop = codec.fop_name(frame.second)
             args = codec.decode_args(fop, frame.body, frame.payload)
-            await self._slots.acquire()
+            slots = self._lock_slots if fop in LOCK_FOPS else self._slots
+            await slots.acquire()
             size = len(frame.payload) if frame.payload is not None else 0
             if fop == "read":
                 size += max(args[2], 0)
             size = await self._bytes.take(size)
-            nursery.start_soon(self._answer, frame, fop, args, size)
+            nursery.start_soon(self._answer, frame, fop, args, slots, size)
 
-    async def _answer(self, frame: Frame, fop: str, args: tuple[Any, ...], size: int) -> None:
+    async def _answer(
+        self, frame: Frame, fop: str, args: tuple[Any, ...], slots: trio.Semaphore, size: int
+    ) -> None:
         payload = None
         try:
             result = await self._dispatch(fop, args)
@@ -288,7 +296,7 @@ class Session:
             log.debug("%s: traceback of the failed %s", self.server.name, fop, exc_info=True)
             header = codec.pack_header(frame.call_id, errno.EIO, None)
         finally:
-            self._slots.release()
+            slots.release()
         try:
             await self.conn.send(codec.REPLY, header, payload)
         except ConnectionLost:
