@@ -10,6 +10,7 @@ to the bricks through the client volfile.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -151,7 +152,13 @@ def brick_copy(directory: Path, relpath: str) -> tuple:
     """What a brick holds for one object: content, gfid, mode, owner."""
     path = directory / relpath
     st = os.lstat(path)
-    content = path.read_bytes() if stat.S_ISREG(st.st_mode) else None
+    content = None
+    if stat.S_ISREG(st.st_mode):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        content = digest.digest()
     gfid = os.getxattr(path, "trusted.gfid", follow_symlinks=False)
     return content, gfid, st.st_mode, st.st_uid, st.st_gid
 
@@ -235,3 +242,166 @@ def test_brick_killed_during_maildir_deliveries_is_healed(replica, n):
     for k in range(MESSAGES):
         assert (volume.dirs()[-1] / names[k]).read_bytes() == message(k), names[k]
     assert _nothing_pending(volume.heal("info").stdout)
+
+
+# --- split-brain: each brick down in turn, with writes in between ---------------------------
+
+
+def _append(path: Path, data: bytes) -> bool:
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _read_errno(path: Path) -> int | None:
+    try:
+        path.read_bytes()
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def make_split_brain(volume: Replica, name: str) -> tuple[bytes, bytes]:
+    """Brick 1 misses a write, then brick 0 misses one: each copy blames the other.
+
+    Answers the contents brick 0 and brick 1 end up with.
+    """
+    path = volume.mount.path / name
+    path.write_bytes(b"base\n")
+    first, second = volume.bricks
+    second.kill()
+    wait_until(
+        lambda: _append(path, b"written while brick 1 was down\n"),
+        SEEN_WITHIN,
+        "a write with brick 1 down",
+    )
+    second.restart()
+    # The mount must see brick 1 again before brick 0 goes, or the next write has nowhere to go.
+    first.kill()
+    wait_until(
+        lambda: _append(path, b"written while brick 0 was down, and longer\n"),
+        SEEN_WITHIN,
+        "a write with brick 0 down",
+    )
+    first.restart()
+    copies = (first.directory / name).read_bytes(), (second.directory / name).read_bytes()
+    assert copies[0] != copies[1]
+    return copies
+
+
+@pytest.mark.parametrize(
+    "policy, winner, with_path",
+    [
+        (["bigger-file"], 1, False),
+        (["latest-mtime"], 1, True),
+        (["source-brick", "vol-client-0"], 0, False),
+        (["source-brick", "127.0.0.1:brick"], 0, True),
+    ],
+)
+def test_split_brain_is_detected_and_resolved_by_policy(replica, policy, winner, with_path):
+    # No background heal in the mount: the copies must not be healed between the two outages.
+    volume = replica(2, **{"self-heal-daemon": "off"})
+    copies = make_split_brain(volume, "mbox")
+    path = volume.mount.path / "mbox"
+    wait_until(lambda: _read_errno(path) == errno.EIO, SEEN_WITHIN, "EIO from the split file")
+
+    info = volume.heal("info").stdout
+    assert "Split-brain entries: 1" in info and "/mbox - split-brain" in info, info
+
+    args = ["split-brain", *policy, *(["/mbox"] if with_path else [])]
+    done = volume.heal(*args)
+    assert "resolved" in done.stdout and "NOT resolved" not in done.stdout, done.stdout
+    wait_until(lambda: path.read_bytes() == copies[winner], SEEN_WITHIN, "the chosen copy")
+    assert_bricks_equal(volume, ["mbox"])
+    assert _nothing_pending(volume.heal("info").stdout)
+
+
+def test_split_brain_is_never_healed_silently(replica):
+    volume = replica(2, **{"self-heal-daemon": "off"})
+    copies = make_split_brain(volume, "mbox")
+    done = volume.heal("full", check=False)
+    assert done.returncode == 1, done.stdout
+    assert [(d / "mbox").read_bytes() for d in volume.dirs()] == list(copies)
+    assert "Split-brain entries: 1" in volume.heal("info").stdout
+
+
+# --- quorum ----------------------------------------------------------------------------------
+
+
+def _write_errno(path: Path, data: bytes) -> int | None:
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def test_quorum_auto_refuses_writes_and_serves_reads_with_two_of_three_down(replica):
+    volume = replica(3, **{"quorum-type": "auto"})
+    mnt = volume.mount.path
+    (mnt / "kept").write_bytes(b"still readable\n")
+    volume.bricks[1].kill()
+    volume.bricks[2].kill()
+
+    wait_until(lambda: _write_errno(mnt / "kept", b"x") == errno.EROFS, SEEN_WITHIN, "EROFS")
+    assert _write_errno(mnt / "new-file", b"x") == errno.EROFS
+    assert (mnt / "kept").read_bytes() == b"still readable\n"
+    assert sorted(os.listdir(mnt)) == ["kept"]
+
+    volume.bricks[1].restart()
+    wait_until(
+        lambda: _write_errno(mnt / "after", b"quorum is back\n") is None,
+        SEEN_WITHIN,
+        "writes with two of three bricks up",
+    )
+    volume.bricks[2].restart()
+    volume.wait_nothing_pending()
+    assert_bricks_equal(volume, ["kept", "after"])
+
+
+# --- a large file healed while it is appended to ----------------------------------------------
+
+CHUNK = 1 << 20
+# 500 MiB in all, as the issue asks.
+LARGE_BEFORE = 200  # MiB written while both bricks are up
+LARGE_DOWN = 200  # MiB appended while brick 1 is down
+LARGE_DURING = 100  # MiB appended while brick 1 is healed
+
+
+def chunk(n: int) -> bytes:
+    return hashlib.sha256(str(n).encode()).digest() * (CHUNK // 32)
+
+
+def test_large_file_healed_while_appended_ends_identical(replica):
+    volume = replica(2)
+    path = volume.mount.path / "large"
+    expected = hashlib.sha256()
+    with open(path, "wb") as f:
+        for n in range(LARGE_BEFORE):
+            f.write(chunk(n))
+            expected.update(chunk(n))
+    volume.bricks[1].kill()
+    with open(path, "ab") as f:
+        for n in range(LARGE_BEFORE, LARGE_BEFORE + LARGE_DOWN):
+            f.write(chunk(n))
+            expected.update(chunk(n))
+    volume.bricks[1].restart()
+
+    # The mount heals in the background from the moment brick 1 is back; keep appending.
+    total = LARGE_BEFORE + LARGE_DOWN + LARGE_DURING
+    with open(path, "ab") as f:
+        for n in range(LARGE_BEFORE + LARGE_DOWN, total):
+            f.write(chunk(n))
+            expected.update(chunk(n))
+            f.flush()
+    volume.wait_nothing_pending()
+    for directory in volume.dirs():
+        assert (directory / "large").stat().st_size == total * CHUNK
+        digest = hashlib.sha256()
+        with open(directory / "large", "rb") as f:
+            while block := f.read(CHUNK):
+                digest.update(block)
+        assert digest.hexdigest() == expected.hexdigest(), directory
+    assert_bricks_equal(volume, ["large"])
