@@ -80,6 +80,7 @@ class FdFops:
 
     async def open(self: Replicate, gfid: bytes, flags: int) -> int:
         await self.refresh(gfid)
+        # Fail the open, not a later read: EIO for a split-brain, ENOTCONN with no good copy up.
         read_candidates(self, gfid, DATA)
 
         async def call(i: int, child: Translator) -> int:

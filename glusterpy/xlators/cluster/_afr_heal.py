@@ -16,9 +16,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from glusterpy.xlator import Iatt, SetAttr, Translator
 from glusterpy.xlators.cluster import _afr_changelog as changelog
@@ -72,8 +74,21 @@ async def inspect(afr: Replicate, gfid: bytes, children: Sequence[int]) -> Inspe
     zeros = {key: changelog.ZERO for key in afr.all_keys}
 
     async def look(i: int, child: Translator) -> tuple[Iatt, dict[str, bytes]]:
-        iatt = await child.stat(gfid)
-        return iatt, await child.xattrop(gfid, "add-array", zeros)
+        answers: dict[str, Any] = {}
+
+        async def ask(what: str, call: Callable[[], Awaitable[Any]]) -> None:
+            try:
+                answers[what] = await call()
+            except OSError as exc:
+                answers[what] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "stat", lambda: child.stat(gfid))
+            nursery.start_soon(ask, "xattrs", lambda: child.xattrop(gfid, "add-array", zeros))
+        for answer in answers.values():
+            if isinstance(answer, OSError):
+                raise answer
+        return answers["stat"], answers["xattrs"]
 
     found = Inspection()
     for i, result in (await fan_out(afr, children, look)).items():
@@ -279,7 +294,8 @@ class _DataCopier:
             await self._open()
             src = self.afr.children[self.source]
             data = await src.read(self.handles[self.source], 0, self.window)
-            iatt = await src.fstat(self.handles[self.source])
+            # The whole-file lock is held since the inspection: its size and times still hold.
+            iatt = found.iatts[self.source]
             await self._settle(data, iatt)
             await take_back(self.afr, self.gfid, DATA, found, found.present)
             self.size = iatt.size

@@ -45,7 +45,7 @@ _QUEUE_SIZE = 4096
 _PROBE_INTERVAL = 2.0
 NO_CHOICE = Choice()
 # Files healed at once; each heal mostly waits on round trips to the bricks.
-_PARALLEL_HEALS = 4
+_PARALLEL_HEALS = 8
 
 Progress = Callable[[str], None]
 
