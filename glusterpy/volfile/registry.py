@@ -25,7 +25,6 @@ KNOWN_UNSUPPORTED = frozenset(
         "cluster/map",
         "cluster/disperse",
         "storage/bdb",
-        "performance/write-behind",
         "performance/read-ahead",
         "performance/io-cache",
         "performance/quick-read",
