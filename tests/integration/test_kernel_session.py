@@ -13,6 +13,7 @@ import mmap
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -211,7 +212,20 @@ NOBODY = 65534
 
 
 @pytest.fixture
-def user_dir():
+def fuse_device_for_users():
+    """/dev/fuse open to every user, as Debian's udev rule (fuse3) makes it.
+
+    Without udev (a container, this kind of CI machine) the node is root's alone and no user
+    mount can work at all; the mode found is restored afterwards.
+    """
+    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    os.chmod("/dev/fuse", 0o666)
+    yield
+    os.chmod("/dev/fuse", mode)
+
+
+@pytest.fixture
+def user_dir(fuse_device_for_users):
     """A directory the unprivileged user `nobody` owns (pytest's tmp_path is root's alone)."""
     path = Path(tempfile.mkdtemp(prefix="kernel-session-user-", dir="/tmp"))
     os.chmod(path, 0o755)
