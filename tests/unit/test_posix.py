@@ -809,3 +809,62 @@ def test_lookup_repairs_the_handle_of_a_directory_moved_by_hand(tmp_path):
     os.rename(tmp_path / "a", tmp_path / "moved")
     run_brick(tmp_path, find)
     assert os.readlink(handle_path(tmp_path, a)).endswith("/moved")
+
+
+def walk_brick(brick):
+    """(user non-directories by inode, handle hard links by inode) of a brick on disk."""
+    files, handles = {}, {}
+    for top, dirs, names in os.walk(brick):
+        if top == str(brick):
+            dirs.remove(".glusterfs")
+        for name in names:
+            st = os.lstat(os.path.join(top, name))
+            files[st.st_ino] = os.path.join(top, name)
+    for top, _, names in os.walk(os.path.join(brick, ".glusterfs")):
+        for name in names:
+            st = os.lstat(os.path.join(top, name))
+            if not stat.S_ISLNK(st.st_mode):
+                handles[st.st_ino] = name
+    return files, handles
+
+
+def test_concurrent_entry_fops_in_threads_keep_the_handle_tree_exact(tmp_path):
+    import random
+
+    rng = random.Random(4)
+    plan = [(rng.choice("cludr"), rng.randrange(20), rng.randrange(20)) for _ in range(400)]
+
+    async def body(p):
+        d = new_gfid()
+        await p.mkdir(ROOT, b"d", 0o755, 0, 0, d)
+
+        async def step(op, a, b):
+            name_a, name_b = b"n%d" % a, b"n%d" % b
+            try:
+                if op == "c":
+                    fh, iatt = await p.create(ROOT, name_a, os.O_WRONLY, 0o644, 0, 0, new_gfid())
+                    await p.release(fh)
+                elif op == "l":
+                    iatt, _ = await p.lookup(ROOT, name_a)
+                    await p.link(iatt.gfid, d, name_b)
+                elif op == "u":
+                    await p.unlink(ROOT if a % 2 else d, name_a)
+                elif op == "r":
+                    await p.rename(ROOT, name_a, d if b % 2 else ROOT, name_b)
+                else:
+                    await p.rename(d, name_a, ROOT, name_b, 1)
+            except OSError as e:
+                assert e.errno in (errno.ENOENT, errno.EEXIST), e
+
+        with blocking_calls_in(trio.CapacityLimiter(4)):
+            async with trio.open_nursery() as nursery:
+                for op, a, b in plan:
+                    nursery.start_soon(step, op, a, b)
+
+    run_brick(tmp_path, body)
+    files, handles = walk_brick(tmp_path)
+    assert files, "the plan should leave some files behind"
+    assert set(files) == set(handles)
+    for ino, path in files.items():
+        gfid = gfid_xattr(path)
+        assert handles[ino] == str(uuid.UUID(bytes=gfid))

@@ -232,22 +232,32 @@ class HandleTree:
             os.close(hdir)
         self.remember(gfid, parent, name)
 
-    def ensure_dir_handle(self, gfid: bytes, parent: bytes, name: bytes) -> None:
-        """Make the handle of directory `gfid` point at (parent, name) if it does not yet."""
+    def _dir_handle_text(self, gfid: bytes) -> bytes | None:
         try:
             hdir = self.handle_dir(gfid)
             try:
-                text = os.readlink(canonical(gfid), dir_fd=hdir)
+                return os.readlink(canonical(gfid), dir_fd=hdir)
             finally:
                 os.close(hdir)
         except OSError:
-            text = None
-        if text != dir_handle_target(parent, name):
-            if text is not None:
-                log.info("handle of directory %s was stale; now %r", uuid.UUID(bytes=gfid), name)
-            self.set_dir_handle(gfid, parent, name)
-        else:
+            return None
+
+    def dir_handle_is(self, gfid: bytes, parent: bytes, name: bytes) -> bool:
+        """Whether the handle of directory `gfid` names (parent, name); remembers it if so."""
+        if self._dir_handle_text(gfid) != dir_handle_target(parent, name):
+            return False
+        self.remember(gfid, parent, name)
+        return True
+
+    def ensure_dir_handle(self, gfid: bytes, parent: bytes, name: bytes) -> None:
+        """Make the handle of directory `gfid` name (parent, name) if it does not yet."""
+        text = self._dir_handle_text(gfid)
+        if text == dir_handle_target(parent, name):
             self.remember(gfid, parent, name)
+            return
+        if text is not None:
+            log.info("handle of directory %s was stale; now %r", uuid.UUID(bytes=gfid), name)
+        self.set_dir_handle(gfid, parent, name)
 
     def remove_handle(self, gfid: bytes, ino: int | None = None) -> None:
         """Remove the handle of `gfid`; with `ino`, only if the handle still is that inode."""

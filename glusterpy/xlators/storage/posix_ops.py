@@ -22,13 +22,14 @@ import os
 import stat
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from glusterpy.xlator import ROOT_GFID, DirEntry, Iatt, SetAttr, StatVfs, error
 from glusterpy.xlators.storage.posix_handles import (
     GFID_XATTR,
     HANDLE_DIR,
+    O_OBJECT,
     HandleTree,
     Obj,
     canonical,
@@ -81,16 +82,41 @@ def renameat2(src_fd: int, src: bytes, dst_fd: int, dst: bytes, flags: int) -> N
         raise error(err, f"rename {src!r} to {dst!r}")
 
 
+class StripedLocks:
+    """A fixed set of threading locks; a key maps to one stripe by its hash.
+
+    `hold(*keys)` takes the stripes of all keys in stripe order, so two callers never wait
+    for each other crosswise within one set.
+    """
+
+    def __init__(self, stripes: int = 64):
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    @contextlib.contextmanager
+    def hold(self, *keys: Any) -> Iterator[None]:
+        indices = sorted({hash(key) % len(self._locks) for key in keys if key is not None})
+        with contextlib.ExitStack() as stack:
+            for i in indices:
+                stack.enter_context(self._locks[i])
+            yield
+
+
 class BrickOps:
     """Blocking implementations of the posix fops, addressed by gfid (+ name).
 
-    Directory renames hold one threading lock across the rename and the handle rewrite, so
-    concurrent renames of one directory leave its handle naming where it really is.
+    Lock order, so that io-threads may run entry fops in parallel: the names a fop changes
+    (parent gfid, name) first, then the gfids whose link count it checks, then the directory
+    rename lock. Holding a name from opening it to changing it keeps another thread from
+    swapping it in between; holding the gfid keeps "was that its last name?" true until the
+    handle is removed. Directory renames hold one lock across the rename and the handle
+    rewrite, so the handle names where the directory really is.
     """
 
     def __init__(self, tree: HandleTree, export_statfs_size: bool = True):
         self.tree = tree
         self.export_statfs_size = export_statfs_size
+        self._names = StripedLocks()
+        self._inodes = StripedLocks()
         self._dir_rename_lock = threading.Lock()
 
     # --- names and identity -----------------------------------------------------------------
@@ -112,12 +138,29 @@ class BrickOps:
     def identify(self, parent: bytes, parent_fd: int, name: bytes, obj: Obj, want: Any) -> bytes:
         """The gfid of `obj`, giving it a gfid and a handle when it was placed by hand."""
         gfid = read_gfid(obj.fd)
+        if gfid is not None:
+            if obj.is_dir and self.tree.dir_handle_is(gfid, parent, name):
+                return gfid
+            if not obj.is_dir and obj.st.st_nlink > 1:
+                return gfid
+        # Something to repair. A create or rename of this name may be half done in another
+        # thread, so look again while holding the name.
+        with self._names.hold((parent, name)):
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            if st.st_ino != obj.st.st_ino:
+                raise error(errno.ESTALE, f"{name!r} changed while it was looked up")
+            obj.st = os.fstat(obj.fd)
+            return self._repair(parent, parent_fd, name, obj, want)
+
+    def _repair(self, parent: bytes, parent_fd: int, name: bytes, obj: Obj, want: Any) -> bytes:
+        gfid = read_gfid(obj.fd)
         if gfid is None:
             gfid = want if self._usable_new_gfid(want) else uuid.uuid4().bytes
             try:
                 os.setxattr(proc_path(obj.fd), GFID_XATTR, gfid, os.XATTR_CREATE)
                 log.info("gave gfid %s to %r found in the brick", uuid.UUID(bytes=gfid), name)
             except FileExistsError:
+                # Another name of the same inode got there first.
                 gfid = read_gfid(obj.fd) or gfid
         if obj.is_dir:
             self.tree.ensure_dir_handle(gfid, parent, name)
@@ -125,10 +168,9 @@ class BrickOps:
             try:
                 self.tree.link_handle(parent_fd, name, gfid, obj.st.st_ino)
             except FileExistsError:
-                if self.tree.handle_ino(gfid) != obj.st.st_ino:
-                    log.warning(
-                        "gfid %s of %r is also used by another file", uuid.UUID(bytes=gfid), name
-                    )
+                log.warning(
+                    "gfid %s of %r is also used by another file", uuid.UUID(bytes=gfid), name
+                )
             obj.st = os.fstat(obj.fd)
         return gfid
 
@@ -139,12 +181,33 @@ class BrickOps:
         if self._hidden(parent, name):
             raise error(errno.ENOENT, name.decode())
         xdata = xdata or {}
-        with self.tree.resolve_dir(parent) as p, self.tree.child(p.fd, name) as obj:
-            gfid = self.identify(parent, p.fd, name, obj, xdata.get("gfid-req"))
-            reply: dict[str, Any] = {}
-            if "xattrs" in xdata:
-                reply["xattrs"] = self._wanted_xattrs(obj.fd, xdata["xattrs"])
-            return make_iatt(gfid, obj.st), reply
+        with self.tree.resolve_dir(parent) as p:
+            obj, gfid = self._identified_child(parent, p.fd, name, xdata.get("gfid-req"))
+            try:
+                reply: dict[str, Any] = {}
+                if "xattrs" in xdata:
+                    reply["xattrs"] = self._wanted_xattrs(obj.fd, xdata["xattrs"])
+                return make_iatt(gfid, obj.st), reply
+            finally:
+                os.close(obj.fd)
+
+    def _identified_child(
+        self, parent: bytes, parent_fd: int, name: bytes, want: Any
+    ) -> tuple[Obj, bytes]:
+        """Open entry `name` and identify it; once more if it was swapped meanwhile.
+
+        The caller closes the returned object's fd.
+        """
+        for attempt in (1, 2):
+            fd = os.open(name, O_OBJECT, dir_fd=parent_fd)
+            try:
+                obj = Obj(fd, os.fstat(fd))
+                return obj, self.identify(parent, parent_fd, name, obj, want)
+            except OSError as e:
+                os.close(fd)
+                if e.errno != errno.ESTALE or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _wanted_xattrs(fd: int, wanted: Any) -> dict[str, bytes]:
@@ -246,7 +309,7 @@ class BrickOps:
         check_gfid(gfid)
         if gfid == ROOT_GFID or self.tree.has_handle(gfid):
             raise error(errno.EEXIST, f"gfid {uuid.UUID(bytes=gfid)} is already in use")
-        with self.tree.resolve_dir(parent) as p:
+        with self._names.hold((parent, name)), self.tree.resolve_dir(parent) as p:
             made = make(p.fd)
             try:
                 with self.tree.child(p.fd, name) as obj:
@@ -320,7 +383,12 @@ class BrickOps:
 
     def link(self, gfid: bytes, parent: bytes, name: bytes) -> Iatt:
         self._check_new_name(parent, name)
-        with self.tree.resolve(gfid) as obj, self.tree.resolve_dir(parent) as p:
+        with (
+            self._names.hold((parent, name)),
+            self._inodes.hold(gfid),
+            self.tree.resolve(gfid) as obj,
+            self.tree.resolve_dir(parent) as p,
+        ):
             if obj.is_dir:
                 raise error(errno.EPERM, "hard link to a directory")
             hdir = self.tree.handle_dir(gfid)
@@ -338,12 +406,17 @@ class BrickOps:
 
     def unlink(self, parent: bytes, name: bytes) -> None:
         self._check_new_name(parent, name)
-        with self.tree.resolve_dir(parent) as p, self.tree.child(p.fd, name) as obj:
+        with (
+            self._names.hold((parent, name)),
+            self.tree.resolve_dir(parent) as p,
+            self.tree.child(p.fd, name) as obj,
+        ):
             if obj.is_dir:
                 raise error(errno.EISDIR, name.decode(errors="replace"))
             gfid = read_gfid(obj.fd)
-            os.unlink(name, dir_fd=p.fd)
-            self._drop_if_last(gfid, obj.fd)
+            with self._inodes.hold(gfid):
+                os.unlink(name, dir_fd=p.fd)
+                self._drop_if_last(gfid, obj.fd)
 
     def _drop_if_last(self, gfid: bytes | None, fd: int) -> None:
         """Remove the handle of a non-directory whose last name is gone (only the handle left)."""
@@ -353,7 +426,11 @@ class BrickOps:
 
     def rmdir(self, parent: bytes, name: bytes) -> None:
         self._check_new_name(parent, name)
-        with self.tree.resolve_dir(parent) as p, self.tree.child(p.fd, name) as obj:
+        with (
+            self._names.hold((parent, name)),
+            self.tree.resolve_dir(parent) as p,
+            self.tree.child(p.fd, name) as obj,
+        ):
             if not obj.is_dir:
                 raise error(errno.ENOTDIR, name.decode(errors="replace"))
             gfid = read_gfid(obj.fd)
@@ -367,6 +444,7 @@ class BrickOps:
         if flags & ~RENAME_NOREPLACE:
             raise error(errno.EINVAL, f"rename flags {flags:#x}")
         with contextlib.ExitStack() as stack:
+            stack.enter_context(self._names.hold((oldparent, oldname), (newparent, newname)))
             op = stack.enter_context(self.tree.resolve_dir(oldparent))
             np_ = stack.enter_context(self.tree.resolve_dir(newparent))
             src = stack.enter_context(self.tree.child(op.fd, oldname))
@@ -375,6 +453,8 @@ class BrickOps:
             except FileNotFoundError:
                 target = None
             gfid = read_gfid(src.fd)
+            if target is not None:
+                stack.enter_context(self._inodes.hold(read_gfid(target.fd)))
             if src.is_dir and gfid is not None:
                 # Serialised so that the handle ends up naming where the last rename put it.
                 with self._dir_rename_lock:
@@ -423,11 +503,11 @@ class BrickOps:
     def entry(self, gfid: bytes, fd: int, name: bytes) -> Iatt | None:
         """The attributes of entry `name` in directory `fd`, None when it vanished."""
         try:
-            with self.tree.child(fd, name) as obj:
-                child = self.identify(gfid, fd, name, obj, None)
-                return make_iatt(child, obj.st)
+            obj, child = self._identified_child(gfid, fd, name, None)
         except FileNotFoundError:
             return None
+        os.close(obj.fd)
+        return make_iatt(child, obj.st)
 
     def readdir(
         self, gfid: bytes, fd: int, names: list[bytes], start: int, count: int
