@@ -3,7 +3,9 @@
 Each brick is storage/posix on its own temporary directory, with features/index and
 features/locks above it, as in a brick volfile; no network. A child going down is simulated by
 `Flaky`, a test-only translator between replicate and a brick that answers ENOTCONN to every
-fop and reports CHILD_DOWN to its parent (and CHILD_UP when it comes back).
+fop and reports CHILD_DOWN to its parent (and CHILD_UP when it comes back). Like a connection
+to a real brick, it owns its locks under a client id, and going down drops them on the brick,
+as protocol/server does when a client disconnects.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import stat
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import trio
 
 from glusterpy import xlators
 from glusterpy.volfile import check, registry
-from glusterpy.xlator import FOPS, ROOT_GFID, Event, SetAttr, Translator, error
+from glusterpy.xlator import FOPS, ROOT_GFID, Event, Flock, SetAttr, Translator, error
 from glusterpy.xlators.cluster import _afr_changelog as changelog
 from glusterpy.xlators.cluster._afr_heal import Choice
 from glusterpy.xlators.cluster.replicate import Replicate
@@ -54,16 +57,31 @@ class Flaky(Translator):
     def __init__(self, name: str, children: list[Translator]):
         super().__init__(name, children, {})
         self.down = False
+        self.prefix = name.encode() + b":"
 
-    def set_down(self, down: bool) -> None:
+    async def set_down(self, down: bool) -> None:
         self.down = down
+        if down:
+            await self.child.client_disconnect(self.name)
         self.emit(Event.CHILD_DOWN if down else Event.CHILD_UP)
+
+    def _own(self, lock: Flock) -> Flock:
+        return replace(lock, owner=self.prefix + lock.owner)
 
 
 def _flaky_fop(name: str) -> Callable[..., Awaitable[Any]]:
     async def fop(self: Flaky, *args: Any) -> Any:
         if self.down:
             raise error(errno.ENOTCONN, f"{self.name} is down (test)")
+        if name == "flush":
+            args = (args[0], self.prefix + args[1])
+        elif name == "lk":
+            lock = await self.child.lk(args[0], args[1], self._own(args[2]))
+            return replace(lock, owner=lock.owner.removeprefix(self.prefix))
+        elif name == "inodelk":
+            args = (*args[:3], self._own(args[3]))
+        elif name == "entrylk":
+            args = (*args[:4], self.prefix + args[4])
         return await getattr(self.child, name)(*args)
 
     fop.__name__ = name
@@ -120,11 +138,11 @@ class Stack:
                 raise group.exceptions[0] from None
             raise
 
-    def down(self, i: int) -> None:
-        self.flaky[i].set_down(True)
+    async def down(self, i: int) -> None:
+        await self.flaky[i].set_down(True)
 
-    def up(self, i: int) -> None:
-        self.flaky[i].set_down(False)
+    async def up(self, i: int) -> None:
+        await self.flaky[i].set_down(False)
 
     def counters(self, i: int, relpath: str) -> list[tuple[int, int, int]]:
         """Brick i's copy of every child's changelog counters on one object."""
@@ -254,14 +272,14 @@ def test_a_down_child_is_accused_and_healed_from_the_index(tmp_path):
 
     async def body(afr: Replicate) -> None:
         gfid = await create_file(afr, ROOT, b"old", b"1" * 100)
-        stack.down(1)
+        await stack.down(1)
         await append(afr, gfid, b"2" * 100)
         await create_file(afr, ROOT, b"new", b"3" * 300000, mode=0o600)
         assert stack.counters(0, "old")[1][changelog.DATA] == 1
         assert stack.counters(0, "")[1][changelog.ENTRY] == 1
         # The root (entry), "old" (data) and "new" (data written while 1 had no copy).
         assert len(stack.index(0)) == 3
-        stack.up(1)
+        await stack.up(1)
         assert await afr.shd.heal_index() == 3
 
     stack.run(body)
@@ -283,14 +301,14 @@ def test_entry_heal_replays_deletes_renames_and_recreated_names(tmp_path):
         sub = new_gfid()
         await afr.mkdir(ROOT, b"sub", 0o700, 0, 0, sub)
         await create_file(afr, sub, b"inner", b"i")
-        stack.down(1)
+        await stack.down(1)
         await afr.unlink(ROOT, b"gone")
         await afr.rename(ROOT, b"moved", ROOT, b"renamed")
         await afr.unlink(ROOT, b"again")
         await create_file(afr, ROOT, b"again", b"second")
         await afr.unlink(sub, b"inner")
         await afr.rmdir(ROOT, b"sub")
-        stack.up(1)
+        await stack.up(1)
         await afr.shd.heal_index()
 
     stack.run(body)
@@ -306,11 +324,11 @@ def test_reads_never_come_from_a_stale_child(tmp_path):
 
     async def body(afr: Replicate) -> None:
         gfid = await create_file(afr, ROOT, b"f", b"old")
-        stack.down(1)
+        await stack.down(1)
         fh = await afr.open(gfid, os.O_RDWR)
         await afr.write(fh, 0, b"new")
         await afr.release(fh)
-        stack.up(1)
+        await stack.up(1)
         await afr.lookup(ROOT, b"f")
         assert await read_all(afr, gfid) == b"new"
         assert (stack.brick_dirs[1] / "f").read_bytes() == b"old"
@@ -323,10 +341,10 @@ def test_metadata_heal_copies_mode_owner_and_xattrs(tmp_path):
 
     async def body(afr: Replicate) -> None:
         gfid = await create_file(afr, ROOT, b"f", b"x")
-        stack.down(0)
+        await stack.down(0)
         await afr.setattr(gfid, SetAttr(mode=0o600, uid=1234, gid=5678))
         await afr.setxattr(gfid, "user.note", b"kept")
-        stack.up(0)
+        await stack.up(0)
         await afr.shd.heal_index()
 
     stack.run(body)
@@ -355,12 +373,12 @@ def _make_split_brain(stack: Stack, afr_gfid: list[bytes]):
     async def body(afr: Replicate) -> None:
         gfid = await create_file(afr, ROOT, b"f", b"base")
         afr_gfid.append(gfid)
-        stack.down(1)
+        await stack.down(1)
         await append(afr, gfid, b"-written-while-1-was-down")
-        stack.up(1)
-        stack.down(0)
+        await stack.up(1)
+        await stack.down(0)
         await append(afr, gfid, b"-1")
-        stack.up(0)
+        await stack.up(0)
 
     return body
 
@@ -423,13 +441,13 @@ def test_quorum_auto_refuses_writes_and_serves_reads(tmp_path):
 
     async def body(afr: Replicate) -> None:
         gfid = await create_file(afr, ROOT, b"f", b"data")
-        stack.down(1)
+        await stack.down(1)
         await append(afr, gfid, b"+")
-        stack.down(2)
+        await stack.down(2)
         await raises_errno(errno.EROFS, append(afr, gfid, b"refused"))
         await raises_errno(errno.EROFS, create_file(afr, ROOT, b"g", b""))
         assert await read_all(afr, gfid) == b"data+"
-        stack.up(2)
+        await stack.up(2)
         await append(afr, gfid, b"!")
 
     stack.run(body)
@@ -441,10 +459,10 @@ def test_quorum_auto_with_half_up_needs_the_first_child(tmp_path):
 
     async def body(afr: Replicate) -> None:
         gfid = await create_file(afr, ROOT, b"f", b"data")
-        stack.down(1)
+        await stack.down(1)
         await append(afr, gfid, b"ok")
-        stack.up(1)
-        stack.down(0)
+        await stack.up(1)
+        await stack.down(0)
         await raises_errno(errno.EROFS, append(afr, gfid, b"refused"))
 
     stack.run(body)
@@ -459,10 +477,10 @@ def test_data_heal_runs_while_the_file_is_appended(tmp_path):
 
     async def body(afr: Replicate) -> None:
         gfid = await create_file(afr, ROOT, b"big", block * 4)
-        stack.down(1)
+        await stack.down(1)
         for _ in range(40):
             await append(afr, gfid, block)
-        stack.up(1)
+        await stack.up(1)
         fh = await afr.open(gfid, os.O_WRONLY)
 
         async def writer() -> None:

@@ -83,6 +83,23 @@ def first_success(results: dict[int, Any]) -> Any:
     return results[good[0]]
 
 
+async def _each(items: Sequence[Any], call: Callable[[Any], Awaitable[Any]]) -> None:
+    """Run `call` on every item at once; the first OSError is raised after all finished."""
+    errors: list[OSError] = []
+
+    async def one(item: Any) -> None:
+        try:
+            await call(item)
+        except OSError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for item in items:
+            nursery.start_soon(one, item)
+    if errors:
+        raise errors[0]
+
+
 @dataclass(frozen=True, slots=True)
 class InodeLock:
     domain: str
@@ -136,11 +153,33 @@ class LockSet:
         return sorted(self.held)
 
     async def _try_all(self, candidates: Sequence[int]) -> bool:
-        async def take(i: int, child: Translator) -> None:
-            await self._take_on(i, child, blocking=False)
+        """Try every lock on every child at once (non-blocking, so order does not matter).
 
-        results = await fan_out(self.afr, candidates, take)
-        return any(isinstance(r, OSError) and r.errno in _CONFLICT for r in results.values())
+        A child where only some locks were taken keeps none of them.
+        """
+        errors: list[OSError] = []
+
+        async def take(i: int, lock: Lock) -> None:
+            try:
+                await lock.take(self.afr.children[i], self.owner, False)
+            except OSError as exc:
+                self.afr.child_failed(i, exc)
+                errors.append(exc)
+                return
+            self.held.setdefault(i, []).append(lock)
+
+        async with trio.open_nursery() as nursery:
+            for i in candidates:
+                for lock in self.locks:
+                    nursery.start_soon(take, i, lock)
+        if any(exc.errno in _CONFLICT for exc in errors):
+            return True
+        partial = {i: locks for i, locks in self.held.items() if len(locks) < len(self.locks)}
+        if partial:
+            for i in partial:
+                del self.held[i]
+            await self._drop(partial)
+        return False
 
     async def _block_in_order(self, candidates: Sequence[int]) -> None:
         for i in sorted(candidates):
@@ -165,7 +204,9 @@ class LockSet:
 
     async def release(self) -> None:
         held, self.held = self.held, {}
+        await self._drop(held)
 
+    async def _drop(self, held: dict[int, list[Lock]]) -> None:
         async def drop(i: int, child: Translator) -> None:
             for lock in reversed(held[i]):
                 await lock.drop(child, self.owner)
@@ -207,8 +248,11 @@ class Transaction:
             ready = await self._pre_op(locked)
             results = await fan_out(self.afr, ready, call)
             await self._post_op(successes(results))
-        finally:
+        except BaseException:
             await self.locks.release()
+            raise
+        # The changes and their marks are in place: the caller need not wait for the unlock.
+        self.afr.in_background(self.locks.release)
         self.afr.note_outcome(self.kind, self.targets, successes(results))
         return results
 
@@ -222,9 +266,11 @@ class Transaction:
         operand = {changelog.DIRTY_KEY: changelog.delta(self.kind, 1)}
 
         async def mark(i: int, child: Translator) -> None:
-            for gfid in self.targets:
+            async def one(gfid: bytes) -> None:
                 await child.xattrop(gfid, "add-array", operand)
                 self.marked.setdefault(i, []).append(gfid)
+
+            await _each(self.targets, one)
 
         results = await fan_out(self.afr, locked, mark)
         return [i for i in locked if not isinstance(results[i], OSError)]
@@ -249,8 +295,7 @@ class Transaction:
 
         async def unmark(i: int, child: Translator) -> None:
             operand = self._post_op_operand(i, applied)
-            for gfid in self.marked[i]:
-                await child.xattrop(gfid, "add-array", operand)
+            await _each(self.marked[i], lambda gfid: child.xattrop(gfid, "add-array", operand))
 
         with trio.CancelScope(shield=True):
             results = await fan_out(self.afr, self.marked, unmark)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import stat
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -137,6 +137,7 @@ class Replicate(FdFops, EntryFops, Translator):
         self._split_brains_logged: set[tuple[bytes, str]] = set()
         self.inodes = InodeTable(self.keys)
         self.shd = SelfHeal(self)
+        self._nursery: trio.Nursery | None = None
         self._init_fds()
 
     def _child_index(self, key: str, names: list[str]) -> int | None:
@@ -150,7 +151,14 @@ class Replicate(FdFops, EntryFops, Translator):
     # --- lifecycle, child state and quorum --------------------------------------------------
 
     async def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
         nursery.start_soon(self.shd.run)
+
+    def in_background(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` in this translator's nursery (inline-free); before start, it never waits."""
+        if self._nursery is None:
+            raise RuntimeError(f"{self.name} is not started")
+        self._nursery.start_soon(work)
 
     def notify(self, event: Event, child: Translator) -> None:
         i = self.children.index(child)
