@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import trio
 
 from glusterpy.cli.common import UserError, add_logging_arguments, setup_logging
+from glusterpy.fuse import module as fuse_module
 from glusterpy.fuse.bridge import Bridge, MountConfig, MountError
 from glusterpy.graph import Graph
 from glusterpy.volfile.model import VolfileError
@@ -260,6 +261,7 @@ async def serve_volume(job: MountJob, ready: Callable[[], None]) -> None:
                 negative_timeout=job.options.negative_timeout,
             )
             log.info("volume %s is up; mounting on %s", job.config.volume, job.config.mountpoint)
+            log.info("%s; binding %s", fuse_module.loaded().describe(), job.options.binding)
             await job.serve(bridge, job.config, ready)
             log.info("volume %s unmounted from %s", job.config.volume, job.config.mountpoint)
         except (UserError, MountError) as e:

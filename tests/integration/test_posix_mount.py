@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from glusterpy.fuse import module as fuse_module
 from glusterpy.xlator import gfid_to_ino
 from tests.support.mounts import wait_until
 
@@ -37,6 +38,10 @@ def test_create_write_read(volume):
     assert path.read_bytes() == b"hello, world\n"
     assert path.stat().st_size == 13
     assert (volume.brick.directory / "hello.txt").read_bytes() == b"hello, world\n"
+
+
+def test_the_mount_log_names_the_loaded_fuse_module(volume):
+    assert fuse_module.loaded().describe() in volume.log_file.read_text()
 
 
 def test_append(volume):

@@ -26,15 +26,12 @@ from typing import Any
 
 import trio
 
+from glusterpy.fuse import module as fuse_module
 from glusterpy.fuse.kernel import abi
 from glusterpy.fuse.kernel.abi import Init, Op
 from glusterpy.fuse.kernel.handlers import Handlers, Payload, Request
 
 log = logging.getLogger(__name__)
-
-MAX_PAGES_LIMIT_FILE = "/proc/sys/fs/fuse/max_pages_limit"
-# The kernel's fixed max_pages bound before max_pages_limit existed (1 MiB requests).
-DEFAULT_MAX_PAGES = 256
 
 # Requests that an INTERRUPT cancels. Lock requests wait for other clients for as long as they
 # hold a lock, so a signal must end the wait; other requests finish on their own, and cancelling
@@ -54,12 +51,8 @@ READS_PER_CHECKPOINT = 16
 
 
 def max_pages_allowed() -> int:
-    """The largest max_pages the loaded fuse module accepts."""
-    try:
-        with open(MAX_PAGES_LIMIT_FILE) as f:
-            return max(1, int(f.read().strip()))
-    except (OSError, ValueError):
-        return DEFAULT_MAX_PAGES
+    """The largest max_pages the loaded fuse module accepts (4 MiB on the patched one)."""
+    return fuse_module.loaded().max_pages
 
 
 @dataclass
