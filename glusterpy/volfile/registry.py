@@ -28,7 +28,6 @@ KNOWN_UNSUPPORTED = frozenset(
         "performance/read-ahead",
         "performance/io-cache",
         "performance/quick-read",
-        "performance/md-cache",
         "performance/open-behind",
         "performance/readdir-ahead",
         "performance/nl-cache",

@@ -22,7 +22,7 @@ from glusterpy.graph import Graph
 from glusterpy.volfile import registry
 from glusterpy.volfile.options import Option, Str
 from glusterpy.volfile.parse import parse_text
-from glusterpy.xlator import ROOT_GFID, Translator, error
+from glusterpy.xlator import FOPS, ROOT_GFID, Translator, error
 
 TIMEOUT = 20
 ROOT = ROOT_GFID
@@ -33,7 +33,9 @@ def new_gfid() -> bytes:
 
 
 class ErrorGen(Translator):
-    """Fails the fops named in `failing` with `errno_value` while they are listed there."""
+    """Counts every fop in `calls`; a fop named in `failing` fails with `errno_value`, and one
+    with an event in `gates` holds the child's answer until that event is set (so that a
+    fetch can be kept in flight while another fop changes the object)."""
 
     type_name = "test/error-gen"
     options_table = (Option("note", Str(), ""),)
@@ -42,36 +44,30 @@ class ErrorGen(Translator):
         super().__init__(name, children, options)
         self.failing: set[str] = set()
         self.errno_value = errno.EIO
+        self.gates: dict[str, trio.Event] = {}
         self.calls: list[str] = []
 
-    def _maybe_fail(self, fop: str) -> None:
+    def count(self, fop: str) -> int:
+        return self.calls.count(fop)
+
+
+def _generated(fop: str) -> Callable[..., Any]:
+    async def passing(self: ErrorGen, *args: Any) -> Any:
         self.calls.append(fop)
         if fop in self.failing:
             raise error(self.errno_value, f"{fop} made to fail by {self.name}")
+        answer = await getattr(self.child, fop)(*args)
+        gate = self.gates.get(fop)
+        if gate is not None:
+            await gate.wait()
+        return answer
 
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
-        self._maybe_fail("write")
-        return await self.child.write(fh, offset, data)
+    passing.__name__ = fop
+    return passing
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
-        self._maybe_fail("read")
-        return await self.child.read(fh, offset, size)
 
-    async def lookup(self, parent, name, xdata=None):
-        self._maybe_fail("lookup")
-        return await self.child.lookup(parent, name, xdata)
-
-    async def stat(self, gfid):
-        self._maybe_fail("stat")
-        return await self.child.stat(gfid)
-
-    async def fstat(self, fh):
-        self._maybe_fail("fstat")
-        return await self.child.fstat(fh)
-
-    async def open(self, gfid, flags):
-        self._maybe_fail("open")
-        return await self.child.open(gfid, flags)
+for _fop in FOPS:
+    setattr(ErrorGen, _fop, _generated(_fop))
 
 
 def stack_volfile(directory: str, *layers: tuple[str, dict[str, Any]], error_gen: bool = False):

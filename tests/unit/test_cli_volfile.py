@@ -183,8 +183,8 @@ def test_reference_client_names_the_translators_not_built():
         cwd=TOP,
     )
 
-    # The reference uses stat-prefetch (md-cache), which glusterpy does not build.
-    assert (84, "statprefetch", "performance/stat-prefetch") in not_built
+    # The reference uses cluster/distribute, which glusterpy does not build.
+    assert (53, "distribute", "cluster/distribute") in not_built
     assert result.returncode == 1
     assert result.stderr == ""
     assert result.stdout.splitlines() == [
