@@ -26,7 +26,6 @@ KNOWN_UNSUPPORTED = frozenset(
         "cluster/disperse",
         "storage/bdb",
         "performance/read-ahead",
-        "performance/io-cache",
         "performance/quick-read",
         "performance/open-behind",
         "performance/readdir-ahead",
