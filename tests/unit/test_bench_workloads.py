@@ -73,3 +73,20 @@ def test_a_failed_run_records_nan_for_each_of_its_metrics():
     runner._record(results, "glusterpy", "sequential", 0, {})
     assert set(results.samples["glusterpy"]) == {"seq-write", "seq-read"}
     assert all(math.isnan(v[0]) for v in results.samples["glusterpy"].values())
+
+
+def test_profile_summary_counts_self_and_inclusive_samples(tmp_path):
+    from bench.profile import summarize
+
+    raw = tmp_path / "mount.txt"
+    raw.write_text(
+        "main (/x/glusterpy/cli/main.py:10);send (/x/glusterpy/rpc/connection.py:80) 3\n"
+        "main (/x/glusterpy/cli/main.py:10);read (/x/glusterpy/fuse/bridge.py:429) 1\n"
+        "not a sample line\n"
+    )
+    text = summarize(raw, top=5)
+    assert "4 samples" in text
+    own, inclusive = text.split("inclusive time:")
+    assert "75.0%  send (rpc/connection.py)" in own
+    assert "25.0%  read (fuse/bridge.py)" in own
+    assert "100.0%  main (cli/main.py)" in inclusive
