@@ -25,7 +25,6 @@ KNOWN_UNSUPPORTED = frozenset(
         "cluster/map",
         "cluster/disperse",
         "storage/bdb",
-        "performance/quick-read",
         "performance/open-behind",
         "performance/readdir-ahead",
         "performance/nl-cache",
