@@ -107,6 +107,27 @@ def test_unlink_and_rename_drop_names_and_attributes(tmp_path):
     md_stack(tmp_path, body, **{"md-cache-timeout": "600"})
 
 
+def test_a_rename_over_a_name_unknown_drops_everything_but_not_over_a_missing_one(tmp_path):
+    async def body(top, graph):
+        errors = graph.translators["errors"]
+        fh, gfid = await create_file(top, b"tmp")
+        await top.release(fh)
+        other, other_gfid = await create_file(top, b"other")
+        await top.release(other)
+        await top.stat(other_gfid)
+        await raises_errno(errno.ENOENT, top.lookup(ROOT, b"new"))
+        await top.rename(ROOT, b"tmp", ROOT, b"new")
+        stats = errors.count("stat")
+        await top.stat(other_gfid)
+        assert errors.count("stat") == stats  # still cached
+        (tmp_path / "unseen").write_bytes(b"")
+        await top.rename(ROOT, b"new", ROOT, b"unseen")
+        await top.stat(other_gfid)
+        assert errors.count("stat") == stats + 1  # dropped: "unseen" could have been anything
+
+    md_stack(tmp_path, body, **{"md-cache-timeout": "600"})
+
+
 def test_entry_fops_drop_the_parent_directory(tmp_path):
     async def body(top, graph):
         nlink = (await top.stat(ROOT)).nlink

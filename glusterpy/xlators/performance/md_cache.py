@@ -11,7 +11,9 @@ Invariants:
 - Never stale for our own client: every modifying fop passing through drops what it changes
   (the object, its parent directories, the names involved) before it goes down, and holds
   those keys as changing (`Freshness`), so an answer fetched across the change is not cached.
-  When a changed object is not known (a name never looked up), everything is dropped.
+  Unlink and rename find the objects they change by the names seen (lookup, readdir, create,
+  link, rename); a name found missing by its last lookup names nothing we cache. When nothing
+  is known of a name, everything is dropped.
 - Bounded: at most MAX_ENTRIES attributes, names and xattrs each, least recently used first out.
 """
 
@@ -75,7 +77,7 @@ class MdCache(Translator):
         self.xattrs: TimedLru[tuple[bytes | None]] = TimedLru(self.timeout, MAX_ENTRIES)
         # Which gfid a name had, kept past the timeout so that unlink and rename know what
         # they change; bounded like the caches.
-        self._known_names: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        self._known_names: OrderedDict[tuple[bytes, bytes], bytes | None] = OrderedDict()
         self._open: dict[int, bytes] = {}
         self._freshness = Freshness()
 
@@ -85,11 +87,16 @@ class MdCache(Translator):
         if self._freshness.fresh(iatt.gfid, token):
             self.iatts.put(iatt.gfid, iatt)
 
-    def _keep_name(self, parent: bytes, name: bytes, gfid: bytes, token: int) -> None:
+    def _know(self, parent: bytes, name: bytes, gfid: bytes | None) -> None:
+        """Remember which gfid `name` has (None: none, it was not there), for invalidation
+        only; nothing is served from this."""
         self._known_names[(parent, name)] = gfid
         self._known_names.move_to_end((parent, name))
         while len(self._known_names) > MAX_ENTRIES:
             self._known_names.popitem(last=False)
+
+    def _keep_name(self, parent: bytes, name: bytes, gfid: bytes, token: int) -> None:
+        self._know(parent, name, gfid)
         if self._freshness.fresh(parent, token) and self._freshness.fresh(gfid, token):
             self.names.put((parent, name), gfid)
 
@@ -100,15 +107,16 @@ class MdCache(Translator):
                 self.xattrs.pop((gfid, xattr))
 
     def _drop_name(self, parent: bytes, name: bytes) -> bytes | None:
-        """Forget `name` in `parent`; the gfid it had when known, else None (and then every
-        cached attribute is dropped, since the changed object cannot be told)."""
+        """Forget `name` in `parent`; the gfid it had when known, else None. When nothing at
+        all is known of the name (not even that it was missing), every cached attribute is
+        dropped, since the object it names cannot be told."""
         self.names.pop((parent, name))
-        gfid = self._known_names.pop((parent, name), None)
-        if gfid is None:
-            self.iatts.clear()
-            self.xattrs.clear()
-            self._freshness.clear_all()
-        return gfid
+        if (parent, name) in self._known_names:
+            return self._known_names.pop((parent, name))
+        self.iatts.clear()
+        self.xattrs.clear()
+        self._freshness.clear_all()
+        return None
 
     def _gfid_of(self, fh: int) -> bytes | None:
         return self._open.get(fh)
@@ -124,7 +132,12 @@ class MdCache(Translator):
             if iatt is not None:
                 return iatt, {}
         with self._freshness.fetching() as token:
-            iatt, reply = await self.child.lookup(parent, name, xdata)
+            try:
+                iatt, reply = await self.child.lookup(parent, name, xdata)
+            except FileNotFoundError:
+                if self._freshness.fresh(parent, token):
+                    self._know(parent, name, None)
+                raise
             self._keep(iatt, token)
             self._keep_name(parent, name, iatt.gfid, token)
         return iatt, reply
@@ -160,7 +173,9 @@ class MdCache(Translator):
         self._drop(parent)
         self.names.pop((parent, name))
         with self._freshness.changing(parent):
-            return await getattr(self.child, fop)(parent, name, *args)
+            result = await getattr(self.child, fop)(parent, name, *args)
+        self._know(parent, name, (result[1] if fop == "create" else result).gfid)
+        return result
 
     async def mknod(self, parent, name, mode, rdev, uid, gid, gfid) -> Iatt:
         return await self._new_entry(parent, name, "mknod", mode, rdev, uid, gid, gfid)
@@ -180,7 +195,9 @@ class MdCache(Translator):
         self._drop(gfid, parent)
         self.names.pop((parent, name))
         with self._freshness.changing(gfid, parent):
-            return await self.child.link(gfid, parent, name)
+            iatt = await self.child.link(gfid, parent, name)
+        self._know(parent, name, gfid)
+        return iatt
 
     async def _remove_entry(self, parent: bytes, name: bytes, fop: str) -> None:
         gfid = self._drop_name(parent, name)
@@ -204,6 +221,8 @@ class MdCache(Translator):
         self._drop(*keys)
         with self._freshness.changing(*keys):
             await self.child.rename(oldparent, oldname, newparent, newname, flags)
+        if moved is not None:
+            self._know(newparent, newname, moved)
 
     # --- file fops --------------------------------------------------------------------------
 
