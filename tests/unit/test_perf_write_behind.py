@@ -102,7 +102,6 @@ def test_a_failed_background_write_fails_the_next_write_and_the_flush(tmp_path):
         fh, _ = await create_file(top, b"f")
         errors.failing.add("write")
         assert await top.write(fh, 0, b"lost") == 4  # acknowledged, then fails below
-        await top.stat(bytes(15) + b"\x01")
         await raises_errno(errno.EIO, top.fsync(fh, False))
         errors.failing.clear()
         await top.fsync(fh, False)  # reported once; the handle works again
@@ -116,6 +115,25 @@ def test_a_failed_background_write_fails_the_next_write_and_the_flush(tmp_path):
         await raises_errno(errno.EIO, top.flush(fh, b"o"))
         await top.flush(fh, b"o")
         await top.release(fh)
+
+    wb_stack(tmp_path, body, error_gen=True)
+
+
+def test_a_failure_is_reported_on_every_handle_open_on_the_file(tmp_path):
+    async def body(top, graph):
+        errors = graph.translators["errors"]
+        writer, gfid = await create_file(top, b"f")
+        syncer = await top.open(gfid, os.O_RDWR)
+        errors.failing.add("write")
+        await top.write(writer, 0, b"lost")
+        await top.fstat(writer)  # waits for the queue: the write has failed now
+        errors.failing.clear()
+        await raises_errno(errno.EIO, top.fsync(syncer, False))
+        later = await top.open(gfid, os.O_RDWR)
+        await top.fsync(later, False)  # opened after the failure: not its business
+        await raises_errno(errno.EIO, top.flush(writer, b"o"))
+        for fh in (writer, syncer, later):
+            await top.release(fh)
 
     wb_stack(tmp_path, body, error_gen=True)
 

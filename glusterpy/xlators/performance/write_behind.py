@@ -8,11 +8,13 @@ Invariants (the durability promise; nothing here trades it for speed):
 - Order: the writes of one file reach the child in the order they were acknowledged, one at a
   time, so overlapping writes land as they would have without us.
 - Durability points: flush, fsync and release wait until every write queued before them on
-  that file has been answered by the child; flush and fsync then report any failure of a
-  write made through their handle, so a successful close() or fsync() means every earlier
-  write reached the child and succeeded.
-- A failed background write is never lost: it is kept on its handle and every later write,
-  flush and fsync of that handle fails with it, until a flush or fsync has reported it.
+  that file has been answered by the child; flush and fsync then report the failure of any
+  such write, so a successful close() or fsync() means every earlier write reached the child
+  and succeeded.
+- A failed background write is never lost: it is kept on every handle of the file open at
+  the time, and every later write, flush and fsync of such a handle fails with it, until a
+  flush or fsync of that handle has reported it. Release waits for the queue too, so no
+  write is still outstanding when its handle goes.
 - Readers see their own writes: read, stat, fstat, setattr (truncate), lk and lookup of a file
   with queued writes first wait for the queue; readdir waits for every queue.
 - Write-through: handles opened with O_SYNC or O_DSYNC (and O_DIRECT under strict-O_DIRECT),
@@ -182,7 +184,7 @@ class WriteBehind(Translator):
             while queue.writes:
                 batch = _take_batch(queue.writes)
                 try:
-                    await self._send(batch)
+                    await self._send(gfid, batch)
                 finally:
                     self._queued_bytes -= sum(len(w.data) for w in batch)
                     queue.done += len(batch)
@@ -193,7 +195,7 @@ class WriteBehind(Translator):
         finally:
             del self._queues[gfid]
 
-    async def _send(self, batch: list[_Write]) -> None:
+    async def _send(self, gfid: bytes, batch: list[_Write]) -> None:
         """Write one joined batch to the child; a failure is kept on the handle."""
         first = batch[0]
         data = first.data if len(batch) == 1 else b"".join(w.data for w in batch)
@@ -205,23 +207,20 @@ class WriteBehind(Translator):
             failure = e if isinstance(e, OSError) else error(errno.EIO, repr(e))
             if not isinstance(e, OSError):
                 log.exception("write-behind %s: background write failed", self.name)
-            self._fail(first.fh, failure)
+            self._fail(gfid, failure)
 
-    def _fail(self, fh: int, failure: OSError) -> None:
-        handle = self._handles.get(fh)
-        if handle is None:
-            log.error(
-                "write-behind %s: write on closed handle %d failed: %s", self.name, fh, failure
-            )
-            return
+    def _fail(self, gfid: bytes, failure: OSError) -> None:
+        """Keep a background failure on every open handle of the file, as Linux reports a
+        writeback error to each descriptor open when it happened."""
         log.warning(
             "write-behind %s: background write to %s failed: %s",
             self.name,
-            uuid.UUID(bytes=handle.gfid),
+            uuid.UUID(bytes=gfid),
             failure,
         )
-        if handle.failure is None:
-            handle.failure = failure
+        for handle in self._handles.values():
+            if handle.gfid == gfid and handle.failure is None:
+                handle.failure = failure
 
     async def _room_for(self, size: int) -> None:
         """Wait until `size` more bytes fit in the window."""
