@@ -88,7 +88,22 @@ def test_a_change_by_another_client_shows_after_the_timeout(tmp_path):
     ioc_stack(tmp_path, body, **{"cache-timeout": "1"})
 
 
-def test_timeout_zero_validates_every_read(tmp_path):
+def test_a_same_size_rewrite_with_the_old_mtime_shows_after_the_timeout(tmp_path):
+    async def body(top, graph):
+        fh, gfid = await file_with(top, b"f", b"AAAA")
+        assert await top.read(fh, 0, 100) == b"AAAA"
+        before = os.stat(tmp_path / "f")
+        (tmp_path / "f").write_bytes(b"BBBB")
+        os.utime(tmp_path / "f", ns=(before.st_atime_ns, before.st_mtime_ns))
+        with trio.fail_after(10):
+            while await top.read(fh, 0, 100) != b"BBBB":
+                await trio.sleep(0.05)
+        await top.release(fh)
+
+    ioc_stack(tmp_path, body, **{"cache-timeout": "1"})
+
+
+def test_timeout_zero_reads_from_the_child_every_time(tmp_path):
     async def body(top, graph):
         fh, gfid = await file_with(top, b"f", b"one")
         assert await top.read(fh, 0, 100) == b"one"
@@ -157,7 +172,7 @@ def test_a_read_answered_across_a_write_is_not_kept(tmp_path):
     ioc_stack(tmp_path, body, **{"cache-timeout": "60"})
 
 
-def test_lookup_gives_the_first_read_its_attributes(tmp_path):
+def test_lookup_gives_the_size_limits_their_attributes(tmp_path):
     async def body(top, graph):
         errors = graph.translators["errors"]
         fh, gfid = await file_with(top, b"f", b"data")
@@ -168,7 +183,7 @@ def test_lookup_gives_the_first_read_its_attributes(tmp_path):
         assert errors.count("fstat") == 0
         await top.release(fh)
 
-    ioc_stack(tmp_path, body)
+    ioc_stack(tmp_path, body, **{"max-file-size": "1MB"})
 
 
 def test_options():

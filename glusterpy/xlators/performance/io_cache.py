@@ -1,14 +1,14 @@
-"""performance/io-cache: keep pages of file content read through us, revalidated by timeout.
+"""performance/io-cache: keep pages of file content read through us, for cache-timeout seconds.
 
 Reads are answered from 128 KiB pages kept per file (gfid); missing pages are read from the
-child in one request. A file's pages are trusted for cache-timeout seconds after they were last
-validated; the next read after that asks the child for the file's attributes, and keeps the
-pages only if size and modification time are as they were.
+child in one request. A file's pages are served for cache-timeout seconds after its entry was
+made, then dropped and read again. (GlusterFS keeps them when size and mtime are unchanged; a
+rewrite of the same size within one timestamp tick would then stay unseen for good.)
 
 Invariants:
-- Never stale for longer than the timeout: pages are served only while the file's validation
-  is younger than cache-timeout (0 means every read validates); another client's change shows
-  at the latest on the first read after that.
+- Never stale for longer than the timeout: every page was read from the child after its file's
+  entry was made, and is served only until cache-timeout seconds after that (0: never served);
+  another client's change shows at the latest on the first read after that.
 - Never stale for our own client: write, setattr (truncate) and an O_TRUNC open passing through
   drop the file's pages first and hold it as changing (`Freshness`), so a read answered across
   the change is not kept.
@@ -59,11 +59,10 @@ class PriorityList(OptionType):
 
 @dataclass(slots=True)
 class _File:
-    """The cached pages of one file and what they were validated against."""
+    """The cached pages of one file, all read from the child after the entry was made and
+    served until `expires_at`."""
 
-    size: int
-    mtime_ns: int
-    validated_at: float
+    expires_at: float
     priority: int
     pages: dict[int, bytes] = field(default_factory=dict)
 
@@ -84,7 +83,7 @@ class IoCache(Translator):
             Int(min=0, max=60),
             "1",
             aliases=("force-revalidate-timeout",),
-            help="Seconds a file's pages are served before its attributes are asked again.",
+            help="Seconds a file's pages are served before they are read again.",
         ),
         Option(
             "min-file-size",
@@ -119,8 +118,8 @@ class IoCache(Translator):
         self.cached_bytes = 0
         # Pages in use order, per priority: (gfid, index) -> page length.
         self._lru: dict[int, OrderedDict[tuple[bytes, int], int]] = {}
-        # Attributes of files recently looked up or created, for their first read, and the
-        # priority their names gave them (only when not the default).
+        # Attributes of files recently looked up or created, for the size limits of their
+        # first read, and the priority their names gave them (only when not the default).
         self._recent: TimedLru[Iatt] = TimedLru(max(self.timeout, 1), MAX_RECENT)
         self._priorities: TimedLru[int] = TimedLru(float("inf"), MAX_RECENT)
         self._open: dict[int, bytes] = {}
@@ -128,7 +127,7 @@ class IoCache(Translator):
 
     def _seen(self, iatt: Iatt, name: bytes, token: int) -> None:
         """Note the attributes and the name's priority of a file answered by the child."""
-        if self._freshness.fresh(iatt.gfid, token):
+        if (self.min_size or self.max_size) and self._freshness.fresh(iatt.gfid, token):
             self._recent.put(iatt.gfid, iatt)
         if self.rules:
             text = os.fsdecode(name)
@@ -186,32 +185,25 @@ class IoCache(Translator):
         if lru is not None and (gfid, index) in lru:
             lru.move_to_end((gfid, index))
 
-    # --- validation -------------------------------------------------------------------------
+    # --- expiry ---------------------------------------------------------------------------
 
     async def _valid_file(self, fh: int, gfid: bytes) -> _File | None:
-        """The file's cache entry, validated within the timeout; None if it is not cached."""
+        """The file's cache entry within its timeout (a new, empty one after it); None if the
+        file is not to be cached. The size is asked only when size limits are set."""
         f = self.files.get(gfid)
-        if f is not None and now() - f.validated_at < self.timeout:
+        if f is not None and now() < f.expires_at:
             return f
-        iatt = self._recent.get(gfid) if f is None else None
-        with self._freshness.fetching() as token:
-            if iatt is None:
-                iatt = await self.child.fstat(fh)
-            if not self._freshness.fresh(gfid, token):
-                return None
-        f = self.files.get(gfid)
-        if f is not None and (f.size, f.mtime_ns) != (iatt.size, iatt.mtime_ns):
-            self._drop(gfid)
-            f = None
-        if not self._cacheable(iatt.size):
-            return None
-        if f is None:
-            f = self._new_file(gfid, iatt)
-        f.validated_at = now()
-        return f
-
-    def _new_file(self, gfid: bytes, iatt: Iatt) -> _File:
-        f = self.files[gfid] = _File(iatt.size, iatt.mtime_ns, now(), self._priority(gfid))
+        self._drop(gfid)
+        if self.min_size or self.max_size:
+            iatt = self._recent.get(gfid)
+            with self._freshness.fetching() as token:
+                if iatt is None:
+                    iatt = await self.child.fstat(fh)
+                if not self._freshness.fresh(gfid, token) or not self._cacheable(iatt.size):
+                    return None
+            if gfid in self.files:  # another read made one meanwhile
+                return self.files[gfid]
+        f = self.files[gfid] = _File(now() + self.timeout, self._priority(gfid))
         return f
 
     # --- reads ------------------------------------------------------------------------------
@@ -231,12 +223,15 @@ class IoCache(Translator):
             self._touch(gfid, f, index)
         missing = [i for i in range(first, last + 1) if i not in pages]
         if missing:
-            pages.update(await self._fetch_pages(fh, gfid, missing[0], missing[-1]))
+            pages.update(await self._fetch_pages(fh, gfid, f, missing[0], missing[-1]))
         return _assemble(pages, offset, size)
 
-    async def _fetch_pages(self, fh: int, gfid: bytes, first: int, last: int) -> dict[int, bytes]:
-        """Pages first..last, read from the child in one request, and kept if still fresh.
-        Pages past the end of the file are left out; the last one may be short."""
+    async def _fetch_pages(
+        self, fh: int, gfid: bytes, f: _File, first: int, last: int
+    ) -> dict[int, bytes]:
+        """Pages first..last, read from the child in one request, and kept in `f` if it is
+        still the file's entry and nothing changed the file meanwhile. Pages past the end of
+        the file are left out; the last one may be short."""
         with self._freshness.fetching() as token:
             data = await self.child.read(fh, first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE)
             keep = self._freshness.fresh(gfid, token)
@@ -248,8 +243,7 @@ class IoCache(Translator):
             pages[index] = page
             if len(page) < PAGE_SIZE:
                 break
-        f = self.files.get(gfid)
-        if keep and f is not None:
+        if keep and self.files.get(gfid) is f:
             for index, page in pages.items():
                 self._add_page(gfid, f, index, page)
         return pages
