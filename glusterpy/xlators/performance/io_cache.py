@@ -193,7 +193,8 @@ class IoCache(Translator):
         f = self.files.get(gfid)
         if f is not None and now() < f.expires_at:
             return f
-        self._drop(gfid)
+        if f is not None:
+            self._drop(gfid)
         if self.min_size or self.max_size:
             iatt = self._recent.get(gfid)
             with self._freshness.fetching() as token:
