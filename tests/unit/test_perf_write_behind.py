@@ -8,12 +8,13 @@ background task only at the next checkpoint, which makes that look deterministic
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import subprocess
 
 import pytest
 
-from glusterpy.xlator import SetAttr
+from glusterpy.xlator import Flock, SetAttr
 from glusterpy.xlators.performance.write_behind import WriteBehind
 from tests.support.perf import (
     check_errors,
@@ -136,6 +137,25 @@ def test_a_failure_is_reported_on_every_handle_open_on_the_file(tmp_path):
             await top.release(fh)
 
     wb_stack(tmp_path, body, error_gen=True)
+
+
+def test_a_failing_close_still_drops_the_locks_of_its_owner(tmp_path):
+    async def body(top, graph):
+        errors = graph.translators["errors"]
+        fh, gfid = await create_file(top, b"f")
+        other = await top.open(gfid, os.O_RDWR)
+        await top.lk(fh, fcntl.F_SETLK, Flock(fcntl.F_WRLCK, 0, 0, 1, b"closer"))
+        errors.failing.add("write")
+        await top.write(fh, 0, b"lost")
+        await top.fstat(fh)
+        errors.failing.clear()
+        await raises_errno(errno.EIO, top.flush(fh, b"closer"))
+        await top.lk(other, fcntl.F_SETLK, Flock(fcntl.F_WRLCK, 0, 0, 2, b"next"))
+        await raises_errno(errno.EIO, top.flush(other, b"next"))  # it was open too
+        await top.release(fh)
+        await top.release(other)
+
+    run_stack(tmp_path, body, ("features/locks", {}), (WB, {}), error_gen=True)
 
 
 @pytest.fixture

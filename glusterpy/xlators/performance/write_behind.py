@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # The most bytes joined into one write to the child, as GlusterFS aggregates.
 AGGREGATE_SIZE = 128 << 10
+# How long shutdown waits for queued writes (only writes of handles never flushed).
+STOP_TIMEOUT = 30.0
 
 
 @dataclass(slots=True)
@@ -150,9 +152,17 @@ class WriteBehind(Translator):
         log.info("write-behind %s: window %d bytes", self.name, self.window)
 
     async def stop(self) -> None:
-        """Send everything queued down before the children stop."""
-        for gfid in list(self._queues):
-            await self._drain(gfid)
+        """Send everything queued down before the children stop, waiting at most
+        STOP_TIMEOUT seconds for children that no longer answer."""
+        with trio.move_on_after(STOP_TIMEOUT):
+            await self._drain_all()
+        for gfid, queue in self._queues.items():
+            log.error(
+                "write-behind %s: %d writes to %s not sent at shutdown",
+                self.name,
+                len(queue.writes),
+                uuid.UUID(bytes=gfid),
+            )
         self._nursery = None
 
     # --- the queue --------------------------------------------------------------------------
@@ -291,11 +301,16 @@ class WriteBehind(Translator):
         return len(data)
 
     async def flush(self, fh: int, lk_owner: bytes) -> None:
+        """Wait for the file's queue, pass the flush down (it also drops `lk_owner`'s locks,
+        which a close must do even when it fails), then report any background failure."""
         handle = self._handles.get(fh)
-        if handle is not None:
-            await self._drain(handle.gfid)
+        if handle is None:
+            return await self.child.flush(fh, lk_owner)
+        await self._drain(handle.gfid)
+        try:
+            await self.child.flush(fh, lk_owner)
+        finally:
             self._report(handle)
-        await self.child.flush(fh, lk_owner)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handles.get(fh)
