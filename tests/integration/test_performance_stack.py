@@ -109,6 +109,13 @@ def test_close_means_the_brick_holds_the_data(perf_volume):
         assert (brick.directory / "synced").read_bytes() == b"fsynced data"
     finally:
         os.close(fd)
+    fd = os.open(mnt.path / "o_sync", os.O_WRONLY | os.O_CREAT | os.O_SYNC, 0o644)
+    try:
+        for i in range(5):
+            os.write(fd, b"%d" % i)
+            assert (brick.directory / "o_sync").read_bytes() == b"01234"[: i + 1]
+    finally:
+        os.close(fd)
 
 
 def test_append(perf_volume):

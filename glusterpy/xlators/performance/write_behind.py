@@ -105,7 +105,8 @@ class WriteBehind(Translator):
             "strict-O_DIRECT",
             Bool(),
             "off",
-            help="Write through (no write-behind) on handles opened with O_DIRECT.",
+            help="Write through (no write-behind) on handles opened with O_DIRECT. Through a "
+            "FUSE mount it has no effect: the mount drops O_DIRECT before the translators.",
         ),
         Option(
             "strict-write-ordering",
