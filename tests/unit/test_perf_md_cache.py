@@ -206,6 +206,21 @@ def test_cached_selinux_label_absence_and_its_invalidation(tmp_path):
     md_stack(tmp_path, body, **{"md-cache-timeout": "600", "cache-selinux": "on"})
 
 
+def test_capabilities_are_cached_by_default_and_dropped_by_a_write(tmp_path):
+    async def body(top, graph):
+        errors = graph.translators["errors"]
+        fh, gfid = await create_file(top, b"f")
+        for _ in range(3):
+            await raises_errno(errno.ENODATA, top.getxattr(gfid, "security.capability"))
+        assert errors.count("getxattr") == 1
+        await top.write(fh, 0, b"x")
+        await raises_errno(errno.ENODATA, top.getxattr(gfid, "security.capability"))
+        assert errors.count("getxattr") == 2
+        await top.release(fh)
+
+    md_stack(tmp_path, body, **{"md-cache-timeout": "600"})
+
+
 def test_stat_prefetch_is_md_cache():
     assert registered("performance/stat-prefetch").factory is MdCache
     assert registered(MD).find_option("md-cache-timeout").default == "1"

@@ -2,8 +2,8 @@
 
 Attributes (iatts) answered by lookup, stat, fstat and readdir are kept per gfid for
 md-cache-timeout seconds and answer later stat, fstat and plain lookups (name -> gfid kept just
-as long). Chosen xattrs (POSIX ACLs, the SELinux label), including "no such attribute", may be
-kept too.
+as long). Chosen xattrs (file capabilities by default; POSIX ACLs and the SELinux label on
+request), including "no such attribute", are kept just as long.
 
 Invariants:
 - Never stale for longer than the timeout: an entry is served only within md-cache-timeout
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_ENTRIES = 65_536
 ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
 SELINUX_XATTRS = ("security.selinux",)
+# The kernel asks for this before every write to a file, to know whether to drop it.
+CAPABILITY_XATTRS = ("security.capability",)
 
 
 class MdCache(Translator):
@@ -56,6 +58,12 @@ class MdCache(Translator):
             help="Also cache the POSIX ACL xattrs (and their absence).",
         ),
         Option(
+            "cache-capability-xattrs",
+            Bool(),
+            "on",
+            help="Also cache the file capabilities xattr (and its absence).",
+        ),
+        Option(
             "cache-selinux",
             Bool(),
             "off",
@@ -67,10 +75,12 @@ class MdCache(Translator):
         super().__init__(name, children, options)
         timeout = options.get("md-cache-timeout")
         self.timeout = 1 if timeout is None else timeout
-        self.cached_xattrs = frozenset(
-            (ACL_XATTRS if options.get("cache-posix-acl") else ())
-            + (SELINUX_XATTRS if options.get("cache-selinux") else ())
+        chosen = (
+            (ACL_XATTRS, options.get("cache-posix-acl", False)),
+            (SELINUX_XATTRS, options.get("cache-selinux", False)),
+            (CAPABILITY_XATTRS, options.get("cache-capability-xattrs", True)),
         )
+        self.cached_xattrs = frozenset(name for names, on in chosen if on for name in names)
         self.iatts: TimedLru[Iatt] = TimedLru(self.timeout, MAX_ENTRIES)
         self.names: TimedLru[bytes] = TimedLru(self.timeout, MAX_ENTRIES)
         # An xattr's value, or None for "no such attribute".
