@@ -303,18 +303,25 @@ class IoCache(Translator):
 
 
 def _assemble(pages: dict[int, bytes], offset: int, size: int) -> bytes:
-    """The requested bytes from `pages`; a short or missing page is the end of the file."""
-    out = bytearray()
+    """The requested bytes from `pages`; a short or missing page is the end of the file.
+    Copies once at most (a request for exactly one whole page copies nothing)."""
+    pieces: list[memoryview] = []
+    taken = 0
     position = offset
-    while len(out) < size:
+    while taken < size:
         index = position // PAGE_SIZE
         page = pages.get(index)
         if page is None:
             break
         within = position - index * PAGE_SIZE
-        piece = page[within : within + size - len(out)]
-        out += piece
-        position += len(piece)
-        if not piece or len(page) < PAGE_SIZE:
+        piece = memoryview(page)[within : within + size - taken]
+        if not piece:
             break
-    return bytes(out)
+        pieces.append(piece)
+        taken += len(piece)
+        position += len(piece)
+        if len(page) < PAGE_SIZE:
+            break
+    if len(pieces) == 1 and len(pieces[0]) == len(pieces[0].obj):
+        return pieces[0].obj
+    return b"".join(pieces)
