@@ -4,7 +4,8 @@ A real brick daemon and real FUSE mounts of a client volfile that stacks write-b
 read-ahead, io-cache, quick-read and stat-prefetch (md-cache) over protocol/client, as
 GlusterFS 2.0's generated client volfiles did. What the mount shows is checked against the
 brick directory; a second mount plays another client, whose changes must show once the
-caches' one-second timeouts have passed (polled with a bound, never timed).
+caches' one-second timeouts have passed (polled with a bound, never timed). Each test runs
+once per FUSE binding (pyfuse3 and our kernel session), since both serve users.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.support import bricks
 from tests.support.mounts import wait_until
 
 pytestmark = pytest.mark.integration
+ALL_BINDINGS = True
 
 MiB = 1 << 20
 VISIBLE_WITHIN = 15.0  # seconds: kernel attr/entry timeouts (1 s) plus each cache's (1 s)
