@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
+
 from glusterpy.volfile.options import Int, Option, OptionType, Size
 from glusterpy.xlator import DirEntry, Iatt, SetAttr, Translator
 from glusterpy.xlators.performance._cache import Freshness, TimedLru, now
@@ -124,6 +126,14 @@ class IoCache(Translator):
         self._priorities: TimedLru[int] = TimedLru(float("inf"), MAX_RECENT)
         self._open: dict[int, bytes] = {}
         self._freshness = Freshness()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        log.info(
+            "io-cache %s: up to %d bytes of pages, kept %d s",
+            self.name,
+            self.cache_size,
+            self.timeout,
+        )
 
     def _seen(self, iatt: Iatt, name: bytes, token: int) -> None:
         """Note the attributes and the name's priority of a file answered by the child."""

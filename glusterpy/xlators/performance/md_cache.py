@@ -26,6 +26,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import trio
+
 from glusterpy.volfile.options import Bool, Int, Option
 from glusterpy.xlator import DirEntry, Iatt, SetAttr, Translator, error
 from glusterpy.xlators.performance._cache import Freshness, TimedLru
@@ -90,6 +92,14 @@ class MdCache(Translator):
         self._known_names: OrderedDict[tuple[bytes, bytes], bytes | None] = OrderedDict()
         self._open: dict[int, bytes] = {}
         self._freshness = Freshness()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        log.info(
+            "md-cache %s: attributes kept %d s; xattrs kept: %s",
+            self.name,
+            self.timeout,
+            ", ".join(sorted(self.cached_xattrs)) or "none",
+        )
 
     # --- filling and dropping ---------------------------------------------------------------
 

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from glusterpy.volfile.options import Int, Option, Size
 from glusterpy.xlator import Flock, Iatt, SetAttr, Translator, error
 from glusterpy.xlators.performance._cache import Freshness, now
@@ -87,6 +89,15 @@ class QuickRead(Translator):
         self._open: dict[int, bytes] = {}
         self._lazy_numbers = itertools.count(1)
         self._freshness = Freshness()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        log.info(
+            "quick-read %s: files up to %d bytes kept %d s, %d bytes in all",
+            self.name,
+            self.max_size,
+            self.timeout,
+            self.cache_size,
+        )
 
     # --- the content cache ------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from glusterpy.volfile.options import Bool, Int, Option, Size
 from glusterpy.xlator import Iatt, SetAttr, Translator
 from glusterpy.xlators.performance._cache import Freshness, now
@@ -97,6 +99,9 @@ class ReadAhead(Translator):
         self.kept_bytes = 0
         self._streams: dict[int, _Stream] = {}
         self._freshness = Freshness()
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        log.info("read-ahead %s: %d bytes per sequential read", self.name, self.window)
 
     def _forget(self, stream: _Stream) -> None:
         self.kept_bytes -= len(stream.data)
