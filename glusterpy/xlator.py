@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 GFID_SIZE = 16
 ROOT_GFID = bytes(15) + b"\x01"
+# Lookup xdata key: asked with a size limit, answered with the whole content of a regular file
+# no bigger than that (performance/quick-read asks, storage/posix answers).
+CONTENT_KEY = "glusterfs.content"
 T = TypeVar("T")
 
 

@@ -1,21 +1,18 @@
 """Unit tests of performance/quick-read over a real posix brick.
 
-`ContentLookup` (type test/content-lookup) answers quick-read's content request the way a
-storage translator that knows CONTENT_KEY does, by reading the file through posix; with it the
-content comes with the lookup, without it from the first read.
+storage/posix answers quick-read's content request (CONTENT_KEY) in lookup; a file that was
+created or written through us and not looked up since is kept from its first read instead.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
 
 import pytest
 import trio
 
-from glusterpy.volfile.options import Option, Str
-from glusterpy.xlator import SetAttr, Translator
+from glusterpy.xlator import SetAttr
 from glusterpy.xlators.performance.quick_read import CONTENT_KEY, QuickRead
 from tests.support.perf import (
     ROOT,
@@ -31,27 +28,8 @@ from tests.support.perf import (
 QR = "performance/quick-read"
 
 
-class ContentLookup(Translator):
-    """Answers CONTENT_KEY in lookup with the file's bytes when it is small enough."""
-
-    type_name = "test/content-lookup"
-    options_table = (Option("note", Str(), ""),)
-
-    async def lookup(self, parent, name, xdata=None):
-        iatt, reply = await self.child.lookup(parent, name, xdata)
-        limit = (xdata or {}).get(CONTENT_KEY)
-        if limit is not None and stat.S_ISREG(iatt.mode) and iatt.size <= limit:
-            fh = await self.child.open(iatt.gfid, os.O_RDONLY)
-            try:
-                reply = {**reply, CONTENT_KEY: await self.child.read(fh, 0, iatt.size)}
-            finally:
-                await self.child.release(fh)
-        return iatt, reply
-
-
-def qr_stack(directory, body, content_lookup=False, **options):
-    layers = [("test/content-lookup", {})] if content_lookup else []
-    return run_stack(directory, body, *layers, (QR, options), error_gen=True)
+def qr_stack(directory, body, **options):
+    return run_stack(directory, body, (QR, options), error_gen=True)
 
 
 async def small_file(top, name: bytes, data: bytes) -> bytes:
@@ -97,7 +75,7 @@ def test_content_comes_with_the_lookup_when_the_child_answers_it(tmp_path):
         assert errors.count("read") == reads
         await top.release(fh)
 
-    qr_stack(tmp_path, body, content_lookup=True, **{"cache-timeout": "60"})
+    qr_stack(tmp_path, body, **{"cache-timeout": "60"})
 
 
 def test_a_change_by_another_client_shows_after_the_timeout(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from glusterpy.volfile import registry
-from glusterpy.xlator import ROOT_GFID, Event, SetAttr, Translator, blocking_calls_in
+from glusterpy.xlator import CONTENT_KEY, ROOT_GFID, Event, SetAttr, Translator, blocking_calls_in
 from glusterpy.xlators.storage.posix import Posix
 
 ROOT = ROOT_GFID
@@ -532,6 +532,28 @@ def test_lookup_returns_requested_xattrs(tmp_path):
         assert extra["xattrs"] == {"trusted.afr.c0": b"\0\0\0\1", "trusted.afr.c1": b"\0\0\0\2"}
         _, extra = await p.lookup(ROOT, b"d", {"xattrs": ["user.other", "user.missing"]})
         assert extra["xattrs"] == {"user.other": b"x"}
+
+    run_brick(tmp_path, body)
+
+
+def test_lookup_carries_the_content_of_small_regular_files_when_asked(tmp_path):
+    (tmp_path / "small").write_bytes(b"a short message\n")
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    (tmp_path / "empty").touch()
+    os.mkdir(tmp_path / "dir")
+    os.symlink("small", tmp_path / "link")
+
+    async def body(p):
+        asked = {CONTENT_KEY: 4096}
+        _, reply = await p.lookup(ROOT, b"small", asked)
+        assert reply[CONTENT_KEY] == b"a short message\n"
+        _, reply = await p.lookup(ROOT, b"small")
+        assert CONTENT_KEY not in reply
+        for name in (b"big", b"empty", b"dir", b"link"):
+            _, reply = await p.lookup(ROOT, name, asked)
+            assert CONTENT_KEY not in reply, name
+        _, reply = await p.lookup(ROOT, b"small", {CONTENT_KEY: "4096"})
+        assert CONTENT_KEY not in reply
 
     run_brick(tmp_path, body)
 

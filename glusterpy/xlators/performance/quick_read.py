@@ -33,12 +33,10 @@ from typing import Any
 import trio
 
 from glusterpy.volfile.options import Int, Option, Size
-from glusterpy.xlator import Flock, Iatt, SetAttr, Translator, error
+from glusterpy.xlator import CONTENT_KEY, Flock, Iatt, SetAttr, Translator, error
 from glusterpy.xlators.performance._cache import Freshness, now
 
 log = logging.getLogger(__name__)
-
-CONTENT_KEY = "glusterfs.content"
 
 
 @dataclass(slots=True)

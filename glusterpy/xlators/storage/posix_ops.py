@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from glusterpy.xlator import ROOT_GFID, DirEntry, Iatt, SetAttr, StatVfs, error
+from glusterpy.xlator import CONTENT_KEY, ROOT_GFID, DirEntry, Iatt, SetAttr, StatVfs, error
 from glusterpy.xlators.storage.posix_handles import (
     GFID_XATTR,
     HANDLE_DIR,
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE = 1
 INTERNAL_XATTRS = frozenset({GFID_XATTR})
+# The most content a lookup carries (quick-read's max-file-size is at most 1000 KB).
+MAX_LOOKUP_CONTENT = 1 << 20
 # Open flags a client may pass; O_CREAT/O_EXCL belong to create, O_DIRECT needs aligned buffers.
 OPEN_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NONBLOCK
 CREATE_FLAGS = OPEN_FLAGS & ~os.O_TRUNC
@@ -187,6 +189,9 @@ class BrickOps:
                 reply: dict[str, Any] = {}
                 if "xattrs" in xdata:
                     reply["xattrs"] = self._wanted_xattrs(obj.fd, xdata["xattrs"])
+                content = self._small_content(obj, xdata.get(CONTENT_KEY))
+                if content is not None:
+                    reply[CONTENT_KEY] = content
                 return make_iatt(gfid, obj.st), reply
             finally:
                 os.close(obj.fd)
@@ -208,6 +213,24 @@ class BrickOps:
                 if e.errno != errno.ESTALE or attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _small_content(obj: Obj, limit: Any) -> bytes | None:
+        """The whole content of a regular file of at most `limit` bytes (quick-read asks).
+
+        None when not asked, too big, or changed in size while it was read.
+        """
+        if type(limit) is not int or not stat.S_ISREG(obj.st.st_mode):
+            return None
+        size = obj.st.st_size
+        if not 0 < size <= min(limit, MAX_LOOKUP_CONTENT):
+            return None
+        fd = os.open(proc_path(obj.fd), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, size + 1, 0)
+        finally:
+            os.close(fd)
+        return data if len(data) == size else None
 
     @staticmethod
     def _wanted_xattrs(fd: int, wanted: Any) -> dict[str, bytes]:
