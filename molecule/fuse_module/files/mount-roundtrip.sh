@@ -10,9 +10,17 @@ mnt2=$state/mnt2
 mnt3=$state/mnt3
 mkdir -p "$state/brick" "$mnt1" "$mnt2" "$mnt3"
 
+# The mount's entry in the mount table ("MAJ:MIN" of its device), without touching the mount.
+mount_device() {
+    awk -v m="$1" '$5 == m { print $3 }' /proc/self/mountinfo
+}
+
 cleanup() {
-    if mountpoint -q "$mnt3"; then
+    if [ -n "$(mount_device "$mnt3")" ]; then
         fusermount3 -u "$mnt3" || umount -l "$mnt3" || true
+    fi
+    if [ -n "${plain_pid:-}" ]; then
+        kill "$plain_pid" 2>/dev/null || true
     fi
     for m in "$mnt1" "$mnt2"; do
         if mountpoint -q "$m"; then
@@ -71,25 +79,50 @@ echo "read_sha256=$(sha256sum < "$mnt2/roundtrip.bin" | cut -d' ' -f1)"
 echo "brick_sha256=$(sha256sum < "$state/brick/roundtrip.bin" | cut -d' ' -f1)"
 echo "read_ahead_kb=$(cat "/sys/class/bdi/$(mountpoint -d "$mnt1")/read_ahead_kb")"
 echo "module_version=$(cat /sys/module/fuse/version)"
+# What the client says at mount time about the module, and the request size it negotiated.
+echo "client_module=$(grep -o 'fuse module: [^;]*' "$state/mount1.log" | head -n 1)"
+echo "client_max_pages=$(grep -o 'max_pages [0-9]*' "$state/mount1.log" | head -n 1 | cut -d' ' -f2)"
 
-# A do-nothing pyfuse3 file system: unlike glusterpy's client it leaves read-ahead to libfuse,
-# which answers INIT with what the kernel offered, so its mount shows the module's own default
-# (128 KiB stock, 1024 KiB patched).
+# A pyfuse3 file system with only its root directory: unlike glusterpy's client it leaves
+# read-ahead to libfuse, which answers INIT with what the kernel offered, so its mount shows the
+# module's own default (128 KiB stock, 1024 KiB patched).
 cat > "$state/plain_fuse.py" <<'PY'
+import errno
+import stat
 import sys
 
 import pyfuse3
 import trio
 
-pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=plainfuse"})
+
+class RootOnly(pyfuse3.Operations):
+    async def getattr(self, inode, ctx=None):
+        if inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode
+        attr.st_mode = stat.S_IFDIR | 0o755
+        attr.st_nlink = 2
+        return attr
+
+
+pyfuse3.init(RootOnly(), sys.argv[1], {"fsname=plainfuse"})
 try:
     trio.run(pyfuse3.main)
 finally:
     pyfuse3.close(unmount=False)
 PY
-"$bin/python" "$state/plain_fuse.py" "$mnt3" &
+"$bin/python" "$state/plain_fuse.py" "$mnt3" > "$state/plain_fuse.log" 2>&1 &
+plain_pid=$!
 for _ in $(seq 300); do
-    mountpoint -q "$mnt3" && break
+    [ -n "$(mount_device "$mnt3")" ] && break
     sleep 0.2
 done
-echo "plain_read_ahead_kb=$(cat "/sys/class/bdi/$(mountpoint -d "$mnt3")/read_ahead_kb")"
+plain_device=$(mount_device "$mnt3")
+plain_ra=none
+if [ -n "$plain_device" ]; then
+    plain_ra=$(cat "/sys/class/bdi/$plain_device/read_ahead_kb")
+else
+    sed 's/^/plain_fuse: /' "$state/plain_fuse.log" >&2
+fi
+echo "plain_read_ahead_kb=$plain_ra"
