@@ -222,3 +222,12 @@ class LockClient(Child):
 
     def answer(self, timeout: float) -> str | None:
         return self.next_line(timeout)
+
+    def let_go(self, how: str, unlock: str) -> None:
+        """Give up a held lock: by `unlock` (the command), by closing the file, or by dying."""
+        if how == "unlock":
+            assert self.do(unlock) == "ok"
+        elif how == "close":
+            assert self.do("close") == "ok"
+        else:
+            self.kill()

@@ -71,12 +71,7 @@ def test_blocked_fcntl_lock_is_granted_when_the_holder_lets_go(clients, release)
     assert holder.do("lock w 0 0 0") == "ok"
     other.start("lock w 1 0 0")
     assert _blocked(other)
-    if release == "unlock":
-        assert holder.do("lock u 0 0 0") == "ok"
-    elif release == "close":
-        assert holder.do("close") == "ok"
-    else:
-        holder.kill()
+    holder.let_go(release, "lock u 0 0 0")
     assert other.answer(10) == "ok"
     assert _locks_held(mount) == 1
 
@@ -89,12 +84,7 @@ def test_flock_conflicts_across_mounts_until_released(clients, release):
     assert other.do("flock r 0") == "err EAGAIN"
     other.start("flock w 1")
     assert _blocked(other)
-    if release == "unlock":
-        assert holder.do("flock u 0") == "ok"
-    elif release == "close":
-        assert holder.do("close") == "ok"
-    else:
-        holder.kill()
+    holder.let_go(release, "flock u 0")
     assert other.answer(10) == "ok"
     assert _locks_held(mount) == 1
 

@@ -84,12 +84,7 @@ def test_flock_of_one_client_blocks_the_other_until_released(two_clients, releas
     assert other.do("flock w 0") == "err EAGAIN"
     other.start("flock w 1")
     assert _blocked(other)
-    if release == "unlock":
-        assert holder.do("flock u 0") == "ok"
-    elif release == "close":
-        assert holder.do("close") == "ok"
-    else:
-        holder.kill()
+    holder.let_go(release, "flock u 0")
     assert other.answer(10) == "ok"
 
 
