@@ -109,8 +109,7 @@ def main(argv: list[str]) -> int:
         volume.setup()
         spies["mount"] = record(volume.client_pids()[0], out, "mount")
         spies["brick0"] = record(volume.brick_pids()[0], out, "brick0")
-        work = volume.mountpoint / "work"
-        work.mkdir()
+        work = volume.mountpoint / "work"  # the workload makes it
         command = [sys.executable, "-m", "bench.workloads", args.workload, str(work)]
         command += [sizes_json(sizes), "1"]
         done = subprocess.run(
