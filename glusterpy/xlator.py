@@ -364,6 +364,27 @@ class Translator:
         """Lock a name in a directory (None: the whole directory); op lock|trylock|unlock."""
         return await self.child.entrylk(domain, parent, name, op, owner)
 
+    # --- several fops at once ---------------------------------------------------------------
+
+    async def compound(self, calls: Sequence[Call]) -> list[Any]:
+        """Run `calls` (fop name, arguments) one after another, stopping at the first failure.
+
+        Answers one item per call that ran: its result, or for the call that failed its
+        OSError (always the last item; the calls after it did not run). The default runs each
+        fop on this translator; protocol/client sends them all to the brick in one request.
+        """
+        results: list[Any] = []
+        for fop, args in calls:
+            try:
+                results.append(await getattr(self, fop)(*args))
+            except OSError as exc:
+                results.append(exc)
+                break
+        return results
+
+
+# One fop of a compound: its name (one of FOPS) and its positional arguments.
+Call = tuple[str, tuple[Any, ...]]
 
 # The fops, in the order the wire protocol numbers them. Appending keeps old numbers valid.
 FOPS = (

@@ -7,8 +7,14 @@ A frame is a fixed 12-byte prefix, a msgpack header and an optional raw payload:
     header   request: [call id, op, args]      reply: [call id, errno, result]
     payload  bulk data (a write's data, a read's answer), never copied into msgpack
 
-`op` is a fop's index in `glusterpy.xlator.FOPS`, or OP_HANDSHAKE / OP_PING. A reply with
-errno 0 carries the fop's result; otherwise the result is a detail string or nil.
+`op` is a fop's index in `glusterpy.xlator.FOPS`, or OP_HANDSHAKE / OP_PING / OP_COMPOUND. A
+reply with errno 0 carries the fop's result; otherwise the result is a detail string or nil.
+
+A compound request runs several fops in order on the brick in one round trip (replicate's lock
++ pre-op, and post-op + unlock). Its args are a list of [op, args] pairs, at most MAX_COMPOUND;
+its reply's result is a list of [errno, result] pairs, one per fop that ran, ending at the first
+that failed. At most one fop of a compound moves bulk data (a write's data or a read's answer),
+so the frame's single payload is that fop's.
 
 Invariants: every length is checked against MAX_HEADER / MAX_PAYLOAD before anything is
 allocated, and every decoded value is type-checked against the fop's declaration, so a
@@ -18,7 +24,9 @@ frames and fops, not translators or sockets.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +49,8 @@ MAX_PAYLOAD = 16 << 20
 
 OP_HANDSHAKE = 200
 OP_PING = 201
+OP_COMPOUND = 202
+MAX_COMPOUND = 32
 FOP_BY_OP = dict(enumerate(FOPS))
 OP_BY_FOP = {name: op for op, name in FOP_BY_OP.items()}
 
@@ -343,6 +353,82 @@ def decode_result(fop: str, result: Any, payload: Any) -> Any:
     if payload is not None:
         raise FrameError(f"{fop} reply carries a payload it does not take")
     return KINDS[kind][1](result)
+
+
+# --- compound requests ------------------------------------------------------------------------
+
+
+def _moves_data(fop: str) -> bool:
+    kinds, result = SIGNATURES[fop]
+    return DATA in kinds or result == DATA
+
+
+def encode_compound(calls: list[tuple[str, tuple[Any, ...]]]) -> tuple[list[Any], Any]:
+    """A compound's [op, args] pairs and its payload; ValueError for what the wire cannot carry."""
+    if not 0 < len(calls) <= MAX_COMPOUND:
+        raise ValueError(f"a compound holds 1 to {MAX_COMPOUND} fops, not {len(calls)}")
+    if sum(_moves_data(fop) for fop, _ in calls) > 1:
+        raise ValueError("at most one fop of a compound may move bulk data")
+    body: list[Any] = []
+    payload = None
+    for fop, args in calls:
+        encoded, data = encode_args(fop, args)
+        payload = data if data is not None else payload
+        body.append([OP_BY_FOP[fop], encoded])
+    return body, payload
+
+
+def decode_compound(body: Any, payload: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """Check and rebuild a compound's fops; raises FrameError when they do not fit."""
+    _check(type(body) is list, "a list of fops", body)
+    if not 0 < len(body) <= MAX_COMPOUND:
+        raise FrameError(f"a compound holds 1 to {MAX_COMPOUND} fops, got {len(body)}")
+    fops: list[str] = []
+    for item in body:
+        _check(type(item) is list and len(item) == 2, "an [op, args] pair", item)
+        fops.append(fop_name(_dec_int(item[0])))
+    if sum(map(_moves_data, fops)) > 1:
+        raise FrameError("more than one fop of a compound moves bulk data")
+    takes_payload = [DATA in SIGNATURES[fop][0] for fop in fops]
+    if payload is not None and not any(takes_payload):
+        raise FrameError("compound request carries a payload no fop of it takes")
+    return [
+        (fop, decode_args(fop, item[1], payload if takes else None))
+        for fop, item, takes in zip(fops, body, takes_payload, strict=True)
+    ]
+
+
+def encode_compound_result(fops: list[str], results: list[Any]) -> tuple[list[Any], Any]:
+    """[errno, result] per fop that ran (an OSError, the last, for one that failed), payload."""
+    body: list[Any] = []
+    payload = None
+    for fop, result in zip(fops, results, strict=False):
+        if isinstance(result, OSError):
+            body.append([result.errno or errno.EIO, None])
+            break
+        encoded, data = encode_result(fop, result)
+        payload = data if data is not None else payload
+        body.append([0, encoded])
+    return body, payload
+
+
+def decode_compound_result(fops: list[str], body: Any, payload: Any) -> list[Any]:
+    """The results of a compound's reply, a failed fop's as an OSError (its last item)."""
+    _check(type(body) is list, "a list of results", body)
+    if not 0 < len(body) <= len(fops):
+        raise FrameError(f"a compound of {len(fops)} fops answered {len(body)} results")
+    results: list[Any] = []
+    for i, (fop, item) in enumerate(zip(fops, body, strict=False)):
+        _check(type(item) is list and len(item) == 2, "an [errno, result] pair", item)
+        err = _dec_int(item[0])
+        if err:
+            if i != len(body) - 1:
+                raise FrameError("a compound went on after a failed fop")
+            results.append(OSError(err, os.strerror(err)))
+            break
+        answers_data = SIGNATURES[fop][1] == DATA
+        results.append(decode_result(fop, item[1], payload if answers_data else None))
+    return results
 
 
 # --- headers ----------------------------------------------------------------------------------

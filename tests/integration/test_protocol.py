@@ -210,6 +210,14 @@ def test_bad_frames_close_one_connection_and_the_brick_serves_on(tmp_path, brick
         pytest.param(raw_frame(0, [b"short gfid", b"name", None]), id="bad-arguments"),
         pytest.param(raw_frame(999, []), id="unknown-op"),
         pytest.param(raw_frame(codec.OP_BY_FOP["stat"], [ROOT_GFID], b"xx"), id="stray-payload"),
+        pytest.param(raw_frame(codec.OP_COMPOUND, []), id="empty-compound"),
+        pytest.param(
+            raw_frame(codec.OP_COMPOUND, [[codec.OP_BY_FOP["stat"], [b"short"]]]),
+            id="compound-bad-arguments",
+        ),
+        pytest.param(
+            raw_frame(codec.OP_COMPOUND, [[codec.OP_COMPOUND, []]]), id="compound-in-compound"
+        ),
     ],
 )
 def test_bad_frames_after_the_handshake(tmp_path, brick_factory, garbage):

@@ -253,3 +253,80 @@ def test_garbage_is_refused():
 def test_error_numbers_are_plain_integers_on_the_wire():
     _, err, body = wire(codec.pack_header(4, errno.ENOENT, None))
     assert (err, body) == (errno.ENOENT, None)
+
+
+# --- compound requests --------------------------------------------------------------------------
+
+
+def test_compound_round_trips_with_its_one_payload():
+    data = b"spool" * 100
+    calls = [("inodelk", ARGS["inodelk"]), ("xattrop", ARGS["xattrop"]), ("write", (3, 0, data))]
+    body, payload = codec.encode_compound(calls)
+    assert payload is data
+    _, op, body = wire(codec.pack_header(5, codec.OP_COMPOUND, body))
+    assert op == codec.OP_COMPOUND
+    assert codec.decode_compound(body, payload) == calls
+
+    fops = [fop for fop, _ in calls]
+    answer, none = codec.encode_compound_result(fops, [None, RESULTS["xattrop"], len(data)])
+    assert none is None
+    _, _, answer = wire(codec.pack_header(5, 0, answer))
+    assert codec.decode_compound_result(fops, answer, None) == [None, RESULTS["xattrop"], 500]
+
+
+def test_compound_reply_ends_at_the_failed_fop():
+    fops = ["inodelk", "xattrop", "write"]
+    failed = OSError(errno.EAGAIN, "held by another owner")
+    body, _ = codec.encode_compound_result(fops, [failed])
+    assert body == [[errno.EAGAIN, None]]
+    (got,) = codec.decode_compound_result(fops, wire(codec.pack_header(1, 0, body))[2], None)
+    assert isinstance(got, OSError) and got.errno == errno.EAGAIN
+
+
+def test_compound_read_answers_in_the_payload():
+    body, payload = codec.encode_compound_result(["stat", "read"], [IATT, b"content"])
+    assert payload == b"content"
+    assert codec.decode_compound_result(["stat", "read"], body, payload) == [IATT, b"content"]
+
+
+def test_compound_that_cannot_be_sent_is_a_value_error():
+    with pytest.raises(ValueError, match="1 to"):
+        codec.encode_compound([])
+    with pytest.raises(ValueError, match="1 to"):
+        codec.encode_compound([("stat", (GFID,))] * (codec.MAX_COMPOUND + 1))
+    with pytest.raises(ValueError, match="bulk data"):
+        codec.encode_compound([("write", (1, 0, b"a")), ("read", (1, 0, 1))])
+
+
+@pytest.mark.parametrize(
+    "body, payload, message",
+    [
+        ("not a list", None, "a list of fops"),
+        ([], None, "1 to"),
+        ([[codec.OP_BY_FOP["stat"], [GFID]]] * (codec.MAX_COMPOUND + 1), None, "1 to"),
+        ([[codec.OP_BY_FOP["stat"]]], None, "pair"),
+        ([[len(FOPS), []]], None, "unknown op"),
+        ([[codec.OP_BY_FOP["stat"], [b"short"]]], None, "16-byte gfid"),
+        ([[codec.OP_BY_FOP["stat"], [GFID]]], b"x", "payload no fop"),
+        ([[codec.OP_BY_FOP["read"], [1, 0, 1]]] * 2, None, "more than one"),
+        ([[codec.OP_COMPOUND, []]], None, "unknown op"),
+    ],
+)
+def test_bad_compounds_are_refused(body, payload, message):
+    with pytest.raises(codec.FrameError, match=message):
+        codec.decode_compound(body, payload)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("nope", "a list of results"),
+        ([], "answered 0"),
+        ([[0, None]] * 3, "answered 3"),
+        ([[errno.EIO, None], [0, None]], "went on after"),
+        ([[0]], "pair"),
+    ],
+)
+def test_bad_compound_replies_are_refused(body, message):
+    with pytest.raises(codec.FrameError, match=message):
+        codec.decode_compound_result(["inodelk", "inodelk"], body, None)

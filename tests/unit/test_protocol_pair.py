@@ -301,6 +301,32 @@ def test_locks_die_with_the_client_connection():
     assert first.startswith(store.disconnected[0].encode() + b":")
 
 
+def test_compound_runs_in_order_on_the_brick_and_stops_at_the_first_failure():
+    async def main():
+        brick = Brick()
+        gfid = bytes(range(16))
+        async with trio.open_nursery() as nursery:
+            await brick.start(nursery)
+            one, two = await brick.client(nursery), await brick.client(nursery)
+            await wait_for(lambda: one.is_up and two.is_up, "clients up")
+            # A compound with a handle-making fop runs fop by fop, and its handle works.
+            [(fh, _)] = await one.compound([("create", (ROOT_GFID, b"f", 2, 0o644, 0, 0, gfid))])
+            lock = ("inodelk", ("d", gfid, 6, Flock(1, 0, 0, 1, b"one")))
+            got = await one.compound([lock, ("write", (fh, 0, b"first")), ("stat", (gfid,))])
+            assert got[:2] == [None, 5] and got[2].size == 5
+            fh_two = await two.open(gfid, 2)
+            other = ("inodelk", ("d", gfid, 6, Flock(1, 0, 0, 1, b"two")))
+            got = await two.compound([other, ("write", (fh_two, 0, b"second")), ("stat", (gfid,))])
+            assert len(got) == 1 and got[0].errno == errno.EAGAIN
+            assert bytes(brick.store.data[gfid]) == b"first"  # the write after it did not run
+            bad = await one.compound([("stat", (gfid,)), ("write", (fh + 99, 0, b"x"))])
+            assert bad[0].gfid == gfid and bad[1].errno == errno.EBADF  # our own handle check
+            assert len(bad) == 2
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 class _Recorder:
     """Stands in for a parent translator and records the events it is sent."""
 

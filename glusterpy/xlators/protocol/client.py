@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ import trio
 from glusterpy.rpc import codec
 from glusterpy.rpc.connection import Connection, ConnectionLost, set_nodelay
 from glusterpy.volfile.options import Bool, Enum, Float, Int, Option, Str
-from glusterpy.xlator import FOPS, Event, Translator, error
+from glusterpy.xlator import FOPS, Call, Event, Translator, error
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ MAX_PING_INTERVAL = 10.0
 HANDLE_ARG_FOPS = frozenset(
     {"fstat", "read", "write", "flush", "fsync", "readdir", "fsyncdir", "lk"}
 )
+# Fops whose handles the client keeps track of, so a compound cannot carry them.
+HANDLE_STATE_FOPS = frozenset({"open", "opendir", "create", "release", "releasedir"})
 REOPEN_DROPS = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
 
@@ -298,25 +301,75 @@ class Client(Translator):
 
     async def _call_on(self, conn: Connection, fop: str, args: tuple[Any, ...]) -> Any:
         encoded, payload = codec.encode_args(fop, args)
+
+        def decode(call: _Call) -> Any:
+            return codec.decode_result(fop, call.body, call.payload)
+
+        return await self._request(conn, fop, codec.OP_BY_FOP[fop], encoded, payload, decode)
+
+    async def _request(
+        self,
+        conn: Connection,
+        what: str,
+        op: int,
+        encoded: Any,
+        payload: Any,
+        decode: Callable[[_Call], Any],
+    ) -> Any:
+        """One request and its decoded answer, within the frame timeout."""
         if payload is not None and len(payload) > conn.max_payload:
-            raise error(errno.EINVAL, f"{fop} of {len(payload)} bytes is too large")
+            raise error(errno.EINVAL, f"{what} of {len(payload)} bytes is too large")
         with trio.move_on_after(self.frame_timeout):
-            call = await self._roundtrip(conn, codec.OP_BY_FOP[fop], encoded, payload)
+            call = await self._roundtrip(conn, op, encoded, payload)
             if call.err:
                 raise error(call.err)
             try:
-                return codec.decode_result(fop, call.body, call.payload)
+                return decode(call)
             except codec.FrameError as e:
-                log.error("%s: bad %s reply from brick %s: %s", self.name, fop, self.brick, e)
+                log.error("%s: bad %s reply from brick %s: %s", self.name, what, self.brick, e)
                 raise error(errno.EIO, "bad reply") from None
-        log.warning("%s: %s to brick %s timed out", self.name, fop, self.brick)
-        raise error(errno.ETIMEDOUT, f"{fop} to brick {self.brick}")
+        log.warning("%s: %s to brick %s timed out", self.name, what, self.brick)
+        raise error(errno.ETIMEDOUT, f"{what} to brick {self.brick}")
 
-    async def _call(self, fop: str, args: tuple[Any, ...]) -> Any:
+    def _connected(self) -> Connection:
         conn = self._conn
         if not self.is_up or conn is None:
             raise error(errno.ENOTCONN, f"brick {self.brick} is down")
-        return await self._call_on(conn, fop, args)
+        return conn
+
+    async def _call(self, fop: str, args: tuple[Any, ...]) -> Any:
+        return await self._call_on(self._connected(), fop, args)
+
+    async def compound(self, calls: Sequence[Call]) -> list[Any]:
+        """The fops in one request to the brick, which runs them in order.
+
+        Fops that open or release handles keep state here, so a compound with one of them
+        runs fop by fop instead.
+        """
+        if any(fop in HANDLE_STATE_FOPS for fop, _ in calls):
+            return await super().compound(calls)
+        outgoing: list[Call] = []
+        refused = None
+        for fop, args in calls:
+            try:
+                outgoing.append((fop, self._outgoing(fop, args)))
+            except OSError as exc:
+                refused = exc  # as the brick would: the calls before it run, none after
+                break
+        results = await self._compound(outgoing) if outgoing else []
+        if refused is not None and len(results) == len(outgoing) and not _failed(results):
+            results.append(refused)
+        return results
+
+    async def _compound(self, calls: list[Call]) -> list[Any]:
+        fops = [fop for fop, _ in calls]
+        encoded, payload = codec.encode_compound(calls)
+
+        def decode(call: _Call) -> list[Any]:
+            return codec.decode_compound_result(fops, call.body, call.payload)
+
+        conn = self._connected()
+        return await self._request(conn, "compound", codec.OP_COMPOUND, encoded, payload, decode)
 
     def _remote(self, fh: int) -> int:
         handle = self._handles.get(fh)
@@ -329,15 +382,20 @@ class Client(Translator):
         self._handles[fh] = _Handle(gfid, flags, is_dir, remote, self._generation)
         return fh
 
-    async def _fop(self, fop: str, args: tuple[Any, ...]) -> Any:
+    def _outgoing(self, fop: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A fop's arguments as the brick knows them: our handles replaced by the brick's."""
         if fop == "read" and args[2] > codec.MAX_PAYLOAD:
             raise error(errno.EINVAL, f"read of {args[2]} bytes is too large")
         if fop in HANDLE_ARG_FOPS:
-            args = (self._remote(args[0]), *args[1:])
-        elif fop == "setattr" and args[2] is not None:
-            args = (args[0], args[1], self._remote(args[2]))
-        elif fop in ("release", "releasedir"):
+            return (self._remote(args[0]), *args[1:])
+        if fop == "setattr" and args[2] is not None:
+            return (args[0], args[1], self._remote(args[2]))
+        return args
+
+    async def _fop(self, fop: str, args: tuple[Any, ...]) -> Any:
+        if fop in ("release", "releasedir"):
             return await self._release(fop, args[0])
+        args = self._outgoing(fop, args)
 
         result = await self._call(fop, args)
 
@@ -360,6 +418,10 @@ class Client(Translator):
         except OSError as e:
             if e.errno != errno.ENOTCONN:
                 raise
+
+
+def _failed(results: list[Any]) -> bool:
+    return bool(results) and isinstance(results[-1], OSError)
 
 
 def _describe(e: BaseException) -> str:

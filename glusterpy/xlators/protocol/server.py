@@ -29,7 +29,7 @@ import trio
 from glusterpy.rpc import codec
 from glusterpy.rpc.connection import Connection, ConnectionLost, Frame, set_nodelay
 from glusterpy.volfile.options import Bool, Enum, Int, Option, Str, StrList
-from glusterpy.xlator import Flock, Translator
+from glusterpy.xlator import Call, Flock, Translator
 from glusterpy.xlators.protocol import auth
 
 log = logging.getLogger(__name__)
@@ -265,23 +265,30 @@ class Session:
             if frame.second == codec.OP_PING:
                 await self.conn.send(codec.REPLY, codec.pack_header(frame.call_id, 0, None))
                 continue
-            fop = codec.fop_name(frame.second)
-            args = codec.decode_args(fop, frame.body, frame.payload)
-            slots = self._lock_slots if fop in LOCK_FOPS else self._slots
+            if frame.second == codec.OP_COMPOUND:
+                calls = codec.decode_compound(frame.body, frame.payload)
+            else:
+                fop = codec.fop_name(frame.second)
+                calls = [(fop, codec.decode_args(fop, frame.body, frame.payload))]
+            locking = any(fop in LOCK_FOPS for fop, _ in calls)
+            slots = self._lock_slots if locking else self._slots
             await slots.acquire()
             size = len(frame.payload) if frame.payload is not None else 0
-            if fop == "read":
-                size += max(args[2], 0)
+            size += sum(max(args[2], 0) for fop, args in calls if fop == "read")
             size = await self._bytes.take(size)
-            nursery.start_soon(self._answer, frame, fop, args, slots, size)
+            nursery.start_soon(self._answer, frame, calls, slots, size)
 
     async def _answer(
-        self, frame: Frame, fop: str, args: tuple[Any, ...], slots: trio.Semaphore, size: int
+        self, frame: Frame, calls: list[Call], slots: trio.Semaphore, size: int
     ) -> None:
+        """Run one request (a fop, or a compound's fops in order) and send its reply."""
         payload = None
+        fop = calls[0][0] if frame.second != codec.OP_COMPOUND else "compound"
         try:
-            result = await self._dispatch(fop, args)
-            body, payload = codec.encode_result(fop, result)
+            if frame.second == codec.OP_COMPOUND:
+                body, payload = await self._run_compound(calls)
+            else:
+                body, payload = codec.encode_result(fop, await self._dispatch(*calls[0]))
             header = codec.pack_header(frame.call_id, 0, body)
             if len(header) > codec.MAX_HEADER:
                 # The client would refuse such a frame and drop the whole connection.
@@ -303,6 +310,16 @@ class Session:
             pass
         finally:
             self._bytes.give(size)
+
+    async def _run_compound(self, calls: list[Call]) -> tuple[Any, Any]:
+        results: list[Any] = []
+        for fop, args in calls:
+            try:
+                results.append(await self._dispatch(fop, args))
+            except OSError as e:
+                results.append(e)
+                break
+        return codec.encode_compound_result([fop for fop, _ in calls], results)
 
     # --- translating one request for the subvolume ----------------------------------------
 
