@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from glusterpy.xlator import Flock, Translator, error
+from glusterpy.xlator import Call, Flock, Translator, error
 from glusterpy.xlators.cluster import _afr_changelog as changelog
 
 if TYPE_CHECKING:
@@ -100,36 +100,61 @@ async def _each(items: Sequence[Any], call: Callable[[Any], Awaitable[Any]]) -> 
         raise errors[0]
 
 
+def _succeeded(results: list[Any]) -> int:
+    """How many calls of a compound succeeded: all it answered but a failure at the end."""
+    return len(results) - (1 if results and isinstance(results[-1], OSError) else 0)
+
+
+async def _run(child: Translator, call: Call) -> Any:
+    fop, args = call
+    return await getattr(child, fop)(*args)
+
+
+class _LockBase:
+    """A lock as fop calls: `take_call` and `drop_call` build them, `take` and `drop` run them."""
+
+    def take_call(self, owner: bytes, blocking: bool) -> Call:
+        raise NotImplementedError
+
+    def drop_call(self, owner: bytes) -> Call:
+        raise NotImplementedError
+
+    async def take(self, child: Translator, owner: bytes, blocking: bool) -> None:
+        await _run(child, self.take_call(owner, blocking))
+
+    async def drop(self, child: Translator, owner: bytes) -> None:
+        await _run(child, self.drop_call(owner))
+
+
 @dataclass(frozen=True, slots=True)
-class InodeLock:
+class InodeLock(_LockBase):
     domain: str
     gfid: bytes
     start: int
     length: int
 
-    async def take(self, child: Translator, owner: bytes, blocking: bool) -> None:
+    def take_call(self, owner: bytes, blocking: bool) -> Call:
         cmd = fcntl.F_SETLKW if blocking else fcntl.F_SETLK
         lock = Flock(fcntl.F_WRLCK, self.start, self.length, 0, owner)
-        await child.inodelk(self.domain, self.gfid, cmd, lock)
+        return "inodelk", (self.domain, self.gfid, cmd, lock)
 
-    async def drop(self, child: Translator, owner: bytes) -> None:
+    def drop_call(self, owner: bytes) -> Call:
         lock = Flock(fcntl.F_UNLCK, self.start, self.length, 0, owner)
-        await child.inodelk(self.domain, self.gfid, fcntl.F_SETLK, lock)
+        return "inodelk", (self.domain, self.gfid, fcntl.F_SETLK, lock)
 
 
 @dataclass(frozen=True, slots=True)
-class EntryLock:
+class EntryLock(_LockBase):
     domain: str
     parent: bytes
     name: bytes | None
 
-    async def take(self, child: Translator, owner: bytes, blocking: bool) -> None:
-        await child.entrylk(
-            self.domain, self.parent, self.name, "lock" if blocking else "trylock", owner
-        )
+    def take_call(self, owner: bytes, blocking: bool) -> Call:
+        op = "lock" if blocking else "trylock"
+        return "entrylk", (self.domain, self.parent, self.name, op, owner)
 
-    async def drop(self, child: Translator, owner: bytes) -> None:
-        await child.entrylk(self.domain, self.parent, self.name, "unlock", owner)
+    def drop_call(self, owner: bytes) -> Call:
+        return "entrylk", (self.domain, self.parent, self.name, "unlock", owner)
 
 
 Lock = InodeLock | EntryLock
@@ -146,42 +171,54 @@ class LockSet:
 
     async def acquire(self, candidates: Sequence[int]) -> list[int]:
         """Lock on as many of `candidates` as answer; returns the children locked."""
-        conflict = await self._try_all(candidates)
+        conflict, _ = await self.try_all(candidates)
         if conflict:
             await self.release()
-            await self._block_in_order(candidates)
+            await self.block_in_order(candidates)
         return sorted(self.held)
 
-    async def _try_all(self, candidates: Sequence[int]) -> bool:
+    async def try_all(
+        self, candidates: Sequence[int], then: Sequence[Call] = ()
+    ) -> tuple[bool, dict[int, list[Any]]]:
         """Try every lock on every child at once (non-blocking, so order does not matter).
 
-        A child where only some locks were taken keeps none of them.
+        One compound per child: the trylocks, then the calls `then`, which run only where all
+        locks were taken. Answers whether any lock conflicted with another owner's, and per
+        child the results of `then` that ran (the last an OSError if one failed). A child where
+        only some locks were taken keeps none of them.
         """
-        errors: list[OSError] = []
+        conflict = False
+        after: dict[int, list[Any]] = {}
+        count = len(self.locks)
+        takes = [lock.take_call(self.owner, False) for lock in self.locks]
 
-        async def take(i: int, lock: Lock) -> None:
-            try:
-                await lock.take(self.afr.children[i], self.owner, False)
-            except OSError as exc:
-                self.afr.child_failed(i, exc)
-                errors.append(exc)
-                return
-            self.held.setdefault(i, []).append(lock)
+        async def one(i: int, child: Translator) -> None:
+            nonlocal conflict
+            got = await child.compound([*takes, *then])
+            taken = [
+                lock for lock, r in zip(self.locks, got, strict=False) if not isinstance(r, OSError)
+            ]
+            if taken:
+                self.held[i] = taken
+            if len(taken) < count:
+                exc = got[len(taken)]
+                conflict = conflict or exc.errno in _CONFLICT
+                raise exc
+            after[i] = got[count:]
 
-        async with trio.open_nursery() as nursery:
-            for i in candidates:
-                for lock in self.locks:
-                    nursery.start_soon(take, i, lock)
-        if any(exc.errno in _CONFLICT for exc in errors):
-            return True
-        partial = {i: locks for i, locks in self.held.items() if len(locks) < len(self.locks)}
-        if partial:
+        await fan_out(self.afr, candidates, one)
+        if not conflict:
+            partial = {i: locks for i, locks in self.held.items() if len(locks) < count}
             for i in partial:
                 del self.held[i]
             await self._drop(partial)
-        return False
+        return conflict, after
 
-    async def _block_in_order(self, candidates: Sequence[int]) -> None:
+    def drop_calls(self, i: int) -> list[Call]:
+        """The unlocks of what child i holds, newest first."""
+        return [lock.drop_call(self.owner) for lock in reversed(self.held.get(i, ()))]
+
+    async def block_in_order(self, candidates: Sequence[int]) -> None:
         for i in sorted(candidates):
             try:
                 await self._take_on(i, self.afr.children[i], blocking=True)
@@ -242,35 +279,64 @@ class Transaction:
         if not candidates:
             raise error(errno.ENOTCONN, f"{self.afr.name}: no subvolume is up")
         try:
-            locked = await self.locks.acquire(candidates)
-            if not locked:
-                raise error(errno.ENOTCONN, f"{self.afr.name}: no subvolume could be locked")
-            ready = await self._pre_op(locked)
+            ready = await self._lock_and_mark(candidates)
             results = await fan_out(self.afr, ready, call)
-            await self._post_op(successes(results))
+            await self._finish(successes(results))
         except BaseException:
             await self.locks.release()
             raise
-        # The changes and their marks are in place: the caller need not wait for the unlock.
-        self.afr.in_background(self.locks.release)
         self.afr.note_outcome(self.kind, self.targets, successes(results))
         return results
+
+    async def _lock_and_mark(self, candidates: list[int]) -> list[int]:
+        """Lock and pre-op the children; answers those ready for the fop.
+
+        The common case is one compound per child (the trylocks and the pre-op). When a lock
+        conflicts, whatever was taken and marked is given back and the locks are taken again
+        blocking, in child order, with the pre-op after them.
+        """
+        pre_op = self._pre_op_calls()
+        conflict, after = await self.locks.try_all(candidates, pre_op)
+        ready = []
+        for i, got in after.items():
+            marked = [
+                gfid
+                for gfid, r in zip(self.targets, got, strict=False)
+                if not isinstance(r, OSError)
+            ]
+            if marked:
+                self.marked[i] = marked
+            if len(marked) == len(pre_op):
+                ready.append(i)
+        if conflict:
+            await self._finish(None)
+            await self.locks.block_in_order(candidates)
+            ready = await self._pre_op(sorted(self.locks.held))
+        if not self.locks.held:
+            raise error(errno.ENOTCONN, f"{self.afr.name}: no subvolume could be locked")
+        return sorted(ready)
+
+    def _pre_op_calls(self) -> list[Call]:
+        if not self._changelog_on():
+            return []
+        operand = {changelog.DIRTY_KEY: changelog.delta(self.kind, 1)}
+        return [("xattrop", (gfid, "add-array", operand)) for gfid in self.targets]
 
     def _changelog_on(self) -> bool:
         return self.afr.change_log[self.kind]
 
     async def _pre_op(self, locked: list[int]) -> list[int]:
-        """Mark the transaction in flight (dirty +1) on every locked child."""
-        if not self._changelog_on():
+        """Mark the transaction in flight (dirty +1) on every locked child, one by one."""
+        pre_op = self._pre_op_calls()
+        if not pre_op:
             return locked
-        operand = {changelog.DIRTY_KEY: changelog.delta(self.kind, 1)}
 
         async def mark(i: int, child: Translator) -> None:
-            async def one(gfid: bytes) -> None:
-                await child.xattrop(gfid, "add-array", operand)
-                self.marked.setdefault(i, []).append(gfid)
+            async def one(call: Call) -> None:
+                await _run(child, call)
+                self.marked.setdefault(i, []).append(call[1][0])
 
-            await _each(self.targets, one)
+            await _each(pre_op, one)
 
         results = await fan_out(self.afr, locked, mark)
         return [i for i in locked if not isinstance(results[i], OSError)]
@@ -284,23 +350,37 @@ class Transaction:
                     operand[key] = changelog.delta(self.kind, 1)
         return operand
 
-    async def _post_op(self, succeeded: list[int]) -> None:
-        """Take back the dirty marks and accuse the children that missed the fop.
+    async def _finish(self, succeeded: list[int] | None) -> None:
+        """Post-op and unlock, one compound per child; `succeeded` None: no fop was applied.
 
-        When no child applied it nothing diverged, so nobody is accused.
+        The post-op takes back the dirty marks and, where the fop was applied, accuses the
+        children that missed it. When no child applied it nothing diverged, so nobody is
+        accused. A child whose post-op failed still has its locks dropped.
         """
-        if not self._changelog_on() or not self.marked:
-            return
-        applied = set(succeeded)
+        applied = set(succeeded or ())
+        marked, self.marked = self.marked, {}
+        involved = sorted(set(marked) | set(self.locks.held))
 
-        async def unmark(i: int, child: Translator) -> None:
+        async def finish(i: int, child: Translator) -> None:
             operand = self._post_op_operand(i, applied)
-            await _each(self.marked[i], lambda gfid: child.xattrop(gfid, "add-array", operand))
+            post_op = [("xattrop", (gfid, "add-array", operand)) for gfid in marked.get(i, ())]
+            unlocks = self.locks.drop_calls(i)
+            if not post_op and not unlocks:
+                return
+            got = await child.compound([*post_op, *unlocks])
+            if isinstance(got[-1], OSError):
+                # The compound stopped there: drop the locks whose unlock did not run.
+                await _each(unlocks[max(len(got) - len(post_op), 0) :], lambda c: _run(child, c))
+                raise got[-1]
 
         with trio.CancelScope(shield=True):
-            results = await fan_out(self.afr, self.marked, unmark)
+            results = await fan_out(self.afr, involved, finish)
+        self.locks.held = {}
         for i, r in results.items():
             if isinstance(r, OSError) and r.errno != errno.ENOTCONN:
                 log.warning(
-                    "%s: post-op on %s failed: %s", self.afr.name, self.afr.children[i].name, r
+                    "%s: post-op or unlock on %s failed: %s",
+                    self.afr.name,
+                    self.afr.children[i].name,
+                    r,
                 )
