@@ -11,6 +11,7 @@ import os
 import threading
 import uuid
 
+import pytest
 import trio
 import trio.testing
 
@@ -23,7 +24,7 @@ TIMEOUT = 10
 
 
 class SlowChild(Translator):
-    """`stat` blocks its thread until `release` is set; `readlink` returns at once.
+    """`read` blocks its thread until `release` is set; `readlink` and `stat` return at once.
 
     Both report the thread they ran in, so a test can tell inline calls from pooled ones.
     """
@@ -32,10 +33,13 @@ class SlowChild(Translator):
         super().__init__("slow", [], {})
         self.release = threading.Event()
 
-    async def stat(self, gfid):
+    async def read(self, fh, offset, size):
         return await run_blocking(self._block)
 
     async def readlink(self, gfid):
+        return await run_blocking(threading.get_ident)
+
+    async def stat(self, gfid):
         return await run_blocking(threading.get_ident)
 
     def _block(self):
@@ -44,8 +48,10 @@ class SlowChild(Translator):
         return threading.get_ident()
 
 
-def io_threads(child, count):
+def io_threads(child, count, inline=None):
     options = {"thread-count": count, "autoscaling": False, "min-threads": 1, "max-threads": 256}
+    if inline is not None:
+        options["inline-fops"] = inline
     return IoThreads("iot", [child], options)
 
 
@@ -57,7 +63,7 @@ def test_a_slow_call_does_not_stall_the_others():
         with trio.fail_after(TIMEOUT):
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(iot.stat, ROOT_GFID)
+                    nursery.start_soon(iot.read, 1, 0, 1)
                     await trio.testing.wait_all_tasks_blocked()
                     assert iot.limiter.borrowed_tokens == 1
                     for _ in range(5):
@@ -79,7 +85,7 @@ def test_thread_count_bounds_the_blocking_calls():
             try:
                 async with trio.open_nursery() as nursery:
                     for _ in range(3):
-                        nursery.start_soon(iot.stat, ROOT_GFID)
+                        nursery.start_soon(iot.read, 1, 0, 1)
                     await trio.testing.wait_all_tasks_blocked()
                     stats = iot.limiter.statistics()
                     assert (stats.borrowed_tokens, stats.tasks_waiting) == (2, 1)
@@ -100,12 +106,33 @@ def test_without_io_threads_blocking_calls_run_inline():
     trio.run(main)
 
 
+def test_inline_fops_run_on_the_event_loop_and_the_rest_in_threads():
+    child = SlowChild()
+    here = threading.get_ident()
+
+    async def main():
+        default = io_threads(child, 1)
+        assert await default.stat(ROOT_GFID) == here  # stat is inline by default
+        assert await default.readlink(ROOT_GFID) != here
+        chosen = io_threads(child, 1, ("readlink",))
+        assert await chosen.readlink(ROOT_GFID) == here
+        assert await chosen.stat(ROOT_GFID) != here
+        assert await io_threads(child, 1, ("none",)).stat(ROOT_GFID) != here
+
+    trio.run(main)
+
+
+def test_inline_fops_must_name_fops():
+    with pytest.raises(ValueError, match="'inline-fops': stats is not a fop"):
+        io_threads(SlowChild(), 1, ("stat", "stats"))
+
+
 def test_every_fop_is_passed_down_by_io_threads_itself():
     for fop in FOPS:
         assert fop in vars(IoThreads), fop
     kind = registry.get("performance/io-threads")
     assert kind.factory is IoThreads
-    for key in ("thread-count", "autoscaling", "min-threads", "max-threads"):
+    for key in ("thread-count", "inline-fops", "autoscaling", "min-threads", "max-threads"):
         assert kind.find_option(key) is not None
 
 

@@ -14,16 +14,32 @@ from typing import Any
 
 import trio
 
-from glusterpy.volfile.options import Bool, Int, Option
+from glusterpy.volfile.options import Bool, Int, Option, StrList
 from glusterpy.xlator import FOPS, Translator, blocking_calls_in
 
 log = logging.getLogger(__name__)
+
+
+# Fops that only look at or change one inode's attributes and xattrs (and the lock fops, which
+# never reach the disk): cheaper to run inline than to hand to a thread.
+INLINE_DEFAULT = (
+    "lookup",
+    "stat",
+    "fstat",
+    "getxattr",
+    "listxattr",
+    "xattrop",
+    "inodelk",
+    "entrylk",
+)
 
 
 def _in_threads(fop: str) -> Callable[..., Any]:
     """A fop that passes the call to the first child with blocking calls in our threads."""
 
     async def fop_in_threads(self: IoThreads, *args: Any, **kwargs: Any) -> Any:
+        if fop in self.inline:
+            return await getattr(self.child, fop)(*args, **kwargs)
         with blocking_calls_in(self.limiter):
             return await getattr(self.child, fop)(*args, **kwargs)
 
@@ -49,6 +65,16 @@ class IoThreads(Translator):
             help="How many blocking disk calls may run at once, each in its own thread.",
         ),
         Option(
+            "inline-fops",
+            StrList(),
+            ",".join(INLINE_DEFAULT),
+            help="Fops whose disk calls run on the brick's event loop instead of a thread: "
+            "those that read or change one inode's attributes, which the kernel has cached "
+            "almost always. A thread hand-off costs more than such a call; a call that does "
+            "wait for the disk holds up the brick meanwhile. 'none' sends every fop to the "
+            "threads.",
+        ),
+        Option(
             "autoscaling",
             Bool(),
             "off",
@@ -72,6 +98,15 @@ class IoThreads(Translator):
     def __init__(self, name: str, children: Sequence[Translator], options: dict[str, Any]):
         super().__init__(name, children, options)
         self.thread_count = options.get("thread-count") or 16
+        inline = options.get("inline-fops") or INLINE_DEFAULT
+        inline = () if tuple(inline) == ("none",) else tuple(inline)
+        unknown = [fop for fop in inline if fop not in FOPS]
+        if unknown:
+            raise ValueError(
+                f"option 'inline-fops': {', '.join(unknown)} is not a fop "
+                f"(fops: {', '.join(FOPS)}; or 'none')"
+            )
+        self.inline = frozenset(inline)
         self.limiter = trio.CapacityLimiter(self.thread_count)
 
     async def start(self, nursery: trio.Nursery) -> None:
