@@ -27,6 +27,7 @@ from glusterpy.volfile import check, registry
 from glusterpy.xlator import FOPS, ROOT_GFID, Event, Flock, SetAttr, Translator, error
 from glusterpy.xlators.cluster import _afr_changelog as changelog
 from glusterpy.xlators.cluster._afr_heal import Choice
+from glusterpy.xlators.cluster._afr_transaction import LockSet
 from glusterpy.xlators.cluster.replicate import Replicate
 
 TIMEOUT = 60
@@ -265,6 +266,45 @@ def test_writes_reach_every_brick_and_leave_clean_counters(tmp_path):
     stack.assert_clean("d/b")
     stack.assert_clean("d")
     stack.assert_clean("")
+
+
+def test_contending_writers_wait_for_each_other_and_leave_equal_clean_copies(tmp_path, monkeypatch):
+    """Writers of one file conflict on its lock, so some take the blocking path in order."""
+    stack = Stack(tmp_path, 2)
+    blocked = []
+    block_in_order = LockSet.block_in_order
+
+    async def counted(self, candidates):
+        blocked.append(candidates)
+        await block_in_order(self, candidates)
+
+    monkeypatch.setattr(LockSet, "block_in_order", counted)
+    writers, rounds, block = 8, 5, 4096
+
+    async def body(afr: Replicate) -> None:
+        gfid = await create_file(afr, ROOT, b"shared", b"")
+
+        async def writer(k: int) -> None:
+            fh = await afr.open(gfid, os.O_WRONLY)
+            try:
+                for r in range(rounds):
+                    # The same range each time: the writes must land in one order everywhere.
+                    data = bytes([k * rounds + r]) * block
+                    assert await afr.write(fh, 0, data) == block
+            finally:
+                await afr.release(fh)
+
+        async with trio.open_nursery() as nursery:
+            for k in range(writers):
+                nursery.start_soon(writer, k)
+        content = await read_all(afr, gfid)
+        assert content in {bytes([n]) * block for n in range(writers * rounds)}
+
+    stack.run(body)
+    assert blocked, "no write met a conflicting lock"
+    stack.assert_same("shared")
+    stack.assert_clean("shared")
+    assert stack.index(0) == stack.index(1) == []
 
 
 def test_a_down_child_is_accused_and_healed_from_the_index(tmp_path):
