@@ -27,8 +27,10 @@ import dataclasses
 import errno
 import fcntl
 import logging
+import math
 import os
 import stat
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -97,6 +99,9 @@ def errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
+CAPABILITY_XATTR = b"security.capability"
+
+
 def is_internal_xattr(name: bytes) -> bool:
     return name.startswith(INTERNAL_XATTR_PREFIXES)
 
@@ -158,6 +163,8 @@ class _Inode:
     nlookup: int
     mode: int = 0
     gid: int = 0
+    # Until when (time.monotonic) the object is known to carry no file capabilities.
+    no_caps_until: float = -math.inf
 
 
 @dataclass(slots=True)
@@ -505,7 +512,22 @@ class Bridge:
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         if is_internal_xattr(name):
             raise error(errno.ENODATA, "no such attribute")
-        return await self.top.getxattr(self.gfid(ino), os.fsdecode(name))
+        gfid = self.gfid(ino)
+        if name != CAPABILITY_XATTR:
+            return await self.top.getxattr(gfid, os.fsdecode(name))
+        # The kernel asks for this before every write (to drop capabilities a write must
+        # clear); its absence is kept as long as the kernel keeps the mode bits that tell it
+        # the same about set-user-ID: attr-timeout.
+        inode = self._inodes[ino]
+        now = time.monotonic()
+        if now < inode.no_caps_until:
+            raise error(errno.ENODATA, "no file capabilities")
+        try:
+            return await self.top.getxattr(gfid, os.fsdecode(name))
+        except OSError as e:
+            if e.errno == errno.ENODATA:
+                inode.no_caps_until = now + self.attr_timeout
+            raise
 
     async def listxattr(self, ino: int) -> list[bytes]:
         names = await self.top.listxattr(self.gfid(ino))
@@ -515,12 +537,20 @@ class Bridge:
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         if is_internal_xattr(name):
             raise error(errno.EPERM, f"{os.fsdecode(name)} is kept by glusterpy")
-        await self.top.setxattr(self.gfid(ino), os.fsdecode(name), value, flags)
+        gfid = self.gfid(ino)
+        self._forget_caps(ino, name)
+        await self.top.setxattr(gfid, os.fsdecode(name), value, flags)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         if is_internal_xattr(name):
             raise error(errno.EPERM, f"{os.fsdecode(name)} is kept by glusterpy")
-        await self.top.removexattr(self.gfid(ino), os.fsdecode(name))
+        gfid = self.gfid(ino)
+        self._forget_caps(ino, name)
+        await self.top.removexattr(gfid, os.fsdecode(name))
+
+    def _forget_caps(self, ino: int, name: bytes) -> None:
+        if name == CAPABILITY_XATTR:
+            self._inodes[ino].no_caps_until = -math.inf
 
     # --- locks (the kernel session sends them; pyfuse3 never does) -------------------------
 

@@ -207,6 +207,30 @@ def test_internal_xattrs_are_hidden_and_protected(tmp_path):
     assert len(os.getxattr(tmp_path / "f", "trusted.gfid")) == 16
 
 
+def test_no_capabilities_is_remembered_for_attr_timeout(tmp_path, monkeypatch):
+    """The kernel asks for security.capability before every write; absence is cached."""
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    caps = b"\x01\x00\x00\x02" + bytes(16)  # a VFS_CAP_REVISION_2 value with no capability
+    clock = [1000.0]
+    monkeypatch.setattr("glusterpy.fuse.bridge.time.monotonic", lambda: clock[0])
+
+    async def body(bridge: Bridge) -> None:
+        ino = (await bridge.lookup(ROOT_INO, b"f")).ino
+        assert await oserror(bridge.getxattr(ino, b"security.capability")) == errno.ENODATA
+        os.setxattr(path, "security.capability", caps)  # by another client, behind our back
+        clock[0] += bridge.attr_timeout / 2
+        assert await oserror(bridge.getxattr(ino, b"security.capability")) == errno.ENODATA
+        clock[0] += bridge.attr_timeout
+        assert await bridge.getxattr(ino, b"security.capability") == caps
+        await bridge.removexattr(ino, b"security.capability")
+        assert await oserror(bridge.getxattr(ino, b"security.capability")) == errno.ENODATA
+        await bridge.setxattr(ino, b"security.capability", caps)  # through us: seen at once
+        assert await bridge.getxattr(ino, b"security.capability") == caps
+
+    run_bridge(tmp_path, body)
+
+
 def test_statfs_and_locks_reach_the_graph(tmp_path):
     async def body(bridge: Bridge) -> None:
         vfs = await bridge.statfs(ROOT_INO)
