@@ -220,6 +220,10 @@ async def _copy_metadata(afr: Replicate, gfid: bytes, source: int, sink: int, ia
             await dst.setxattr(gfid, name, value)
 
 
+# The lock domain of data heals is the data domain's name with this after it.
+HEAL_DOMAIN_SUFFIX = ".self-heal"
+
+
 def _names(afr: Replicate, children: Sequence[int] | frozenset[int]) -> str:
     return ",".join(afr.children[i].name for i in sorted(children))
 
@@ -228,8 +232,19 @@ async def heal_data(afr: Replicate, gfid: bytes, choice: Choice, progress=None) 
     """Copy the content of a regular file from a source to the sinks.
 
     A file that fits in one window is copied under the whole-file lock at once; a bigger one
-    window by window, each under its own lock.
+    window by window, each under its own lock. A lock in the self-heal domain, held
+    throughout, keeps a second heal of the file (by any client) from reading the counters
+    this one has not taken back yet and taking them back a second time.
     """
+    healing = LockSet(afr, [InodeLock(afr.data_domain + HEAL_DOMAIN_SUFFIX, gfid, *WHOLE)])
+    try:
+        await healing.acquire(afr.up_children())
+        return await _heal_data_locked(afr, gfid, choice, progress)
+    finally:
+        await healing.release()
+
+
+async def _heal_data_locked(afr: Replicate, gfid: bytes, choice: Choice, progress) -> str:
     whole = LockSet(afr, [InodeLock(afr.data_domain, gfid, *WHOLE)])
     try:
         locked = await whole.acquire(afr.up_children())
