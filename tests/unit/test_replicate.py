@@ -307,6 +307,102 @@ def test_contending_writers_wait_for_each_other_and_leave_equal_clean_copies(tmp
     assert stack.index(0) == stack.index(1) == []
 
 
+def count_calls(flaky: Flaky, fop: str) -> list[tuple[Any, ...]]:
+    """Record the calls of `fop` that reach one child (compounds run them one by one)."""
+    seen: list[tuple[Any, ...]] = []
+    inner = getattr(flaky, fop)
+
+    async def counted(*args: Any) -> Any:
+        seen.append(args)
+        return await inner(*args)
+
+    setattr(flaky, fop, counted)
+    return seen
+
+
+def dirty(stack: Stack, i: int, relpath: str) -> int:
+    value = os.getxattr(stack.brick_dirs[i] / relpath, changelog.DIRTY_KEY)
+    return changelog.decode(value)[changelog.DATA]
+
+
+def test_eager_lock_one_lock_and_post_op_for_many_writes(tmp_path):
+    stack = Stack(tmp_path, 2, **{"post-op-delay-secs": 60})
+    locks = count_calls(stack.flaky[0], "inodelk")
+
+    async def body(afr: Replicate) -> None:
+        gfid = await create_file(afr, ROOT, b"mbox", b"")
+        fh = await afr.open(gfid, os.O_WRONLY)
+        for n in range(10):
+            assert await afr.write(fh, n * 100, bytes([n]) * 100) == 100
+        assert [dirty(stack, i, "mbox") for i in (0, 1)] == [1, 1]  # held: in flight
+        await afr.flush(fh, b"owner")
+        assert [dirty(stack, i, "mbox") for i in (0, 1)] == [0, 0]
+        await afr.release(fh)
+
+    stack.run(body)
+    assert len(locks) == 2  # one lock and one unlock for the ten writes
+    stack.assert_same("mbox")
+    stack.assert_clean("mbox")
+    assert stack.index(0) == stack.index(1) == []
+
+
+def test_eager_lock_a_failed_write_accuses_before_it_returns(tmp_path):
+    stack = Stack(tmp_path, 2, **{"post-op-delay-secs": 60})
+
+    async def body(afr: Replicate) -> None:
+        gfid = await create_file(afr, ROOT, b"mbox", b"")
+        fh = await afr.open(gfid, os.O_WRONLY)
+        await afr.write(fh, 0, b"both have this")
+        await stack.down(1)
+        await afr.write(fh, 14, b", only the first this")
+        # Acknowledged while brick 1 missed it: brick 0 accuses it now, not at the flush.
+        assert stack.counters(0, "mbox")[1][changelog.DATA] == 1
+        assert dirty(stack, 0, "mbox") == 0
+        await afr.release(fh)
+
+    stack.run(body)
+    assert (stack.brick_dirs[0] / "mbox").read_bytes() == b"both have this, only the first this"
+
+
+def test_eager_lock_ends_when_another_handle_writes_or_the_delay_passes(tmp_path):
+    stack = Stack(tmp_path, 2, **{"post-op-delay-secs": 1})
+
+    async def body(afr: Replicate) -> None:
+        gfid = await create_file(afr, ROOT, b"f", b"")
+        one = await afr.open(gfid, os.O_WRONLY)
+        two = await afr.open(gfid, os.O_WRONLY)
+        with trio.fail_after(0.9):  # less than the delay: the second did not wait it out
+            await afr.write(one, 0, b"one")
+            await afr.write(two, 3, b"two")
+            await afr.write(one, 6, b"one")
+        with trio.fail_after(TIMEOUT):
+            while dirty(stack, 0, "f") or dirty(stack, 1, "f"):
+                await trio.sleep(0.05)  # the last hold ends by itself after the delay
+        await afr.release(one)
+        await afr.release(two)
+
+    stack.run(body)
+    assert (stack.brick_dirs[1] / "f").read_bytes() == b"onetwoone"
+    stack.assert_same("f")
+    stack.assert_clean("f")
+
+
+def test_eager_lock_off_runs_one_transaction_per_write(tmp_path):
+    stack = Stack(tmp_path, 2, **{"eager-lock": "off"})
+    locks = count_calls(stack.flaky[0], "inodelk")
+
+    async def body(afr: Replicate) -> None:
+        gfid = await create_file(afr, ROOT, b"f", b"")
+        fh = await afr.open(gfid, os.O_WRONLY)
+        for n in range(3):
+            await afr.write(fh, n, b"x")
+            assert dirty(stack, 0, "f") == 0
+        await afr.release(fh)
+
+    stack.run(body)
+    assert len(locks) == 6
+
+
 def test_a_down_child_is_accused_and_healed_from_the_index(tmp_path):
     stack = Stack(tmp_path, 2)
 

@@ -25,6 +25,7 @@ from glusterpy.xlators.cluster._afr_read import read_candidates, read_from
 from glusterpy.xlators.cluster._afr_transaction import fan_out, first_success, successes
 
 if TYPE_CHECKING:
+    from glusterpy.xlators.cluster._afr_eager import EagerHold
     from glusterpy.xlators.cluster.replicate import Replicate
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class OpenFd:
     handles: dict[int, int]
     read_child: int | None = None
     reopen_after: dict[int, float] = field(default_factory=dict)
+    eager: EagerHold | None = None
 
 
 class FdFops:
@@ -109,6 +111,8 @@ class FdFops:
         async def call(i: int, child: Translator) -> int:
             return await child.write(fd.handles[i], offset, data)
 
+        if self.post_op_delay:
+            return first_success(await self.eager.write(fd, call))
         results = await self.modify(DATA, fd.gfid, call, list(fd.handles), (offset, len(data)))
         return first_success(results)
 
@@ -149,6 +153,7 @@ class FdFops:
 
     async def flush(self: Replicate, fh: int, lk_owner: bytes) -> None:
         fd = self._fd(fh)
+        await self.eager.end_fd(fd)
         await self._on_handles(fd, lambda i, child: child.flush(fd.handles[i], lk_owner))
 
     async def fsync(self: Replicate, fh: int, datasync: bool) -> None:
@@ -159,6 +164,7 @@ class FdFops:
         fd = self._fds.pop(fh, None)
         if fd is None:
             raise error(errno.EBADF, f"{self.name}: no open handle {fh}")
+        await self.eager.end_fd(fd)
         await fan_out(self, list(fd.handles), lambda i, child: child.release(fd.handles[i]))
 
     async def lk(self: Replicate, fh: int, cmd: int, lock: Flock) -> Flock:

@@ -187,6 +187,7 @@ class LockSet:
         child the results of `then` that ran (the last an OSError if one failed). A child where
         only some locks were taken keeps none of them.
         """
+        await self.afr.eager.yield_to(self)
         conflict = False
         after: dict[int, list[Any]] = {}
         count = len(self.locks)

@@ -31,6 +31,7 @@ from glusterpy.volfile.options import Bool, Enum, Int, Option, Str, StrList
 from glusterpy.xlator import Event, Iatt, SetAttr, StatVfs, Translator, error
 from glusterpy.xlators.cluster import _afr_changelog as changelog
 from glusterpy.xlators.cluster._afr_changelog import DATA, ENTRY, METADATA
+from glusterpy.xlators.cluster._afr_eager import EagerLocks
 from glusterpy.xlators.cluster._afr_entry import EntryFops
 from glusterpy.xlators.cluster._afr_fd import FdFops
 from glusterpy.xlators.cluster._afr_read import InodeTable, read_from
@@ -46,6 +47,8 @@ from glusterpy.xlators.cluster._afr_transaction import (
 log = logging.getLogger(__name__)
 
 PENDING_PREFIX = "trusted.afr."
+# How long stopping waits for the eager locks' post-ops.
+STOP_TIMEOUT = 10.0
 _ON = "on"
 
 
@@ -102,6 +105,18 @@ class Replicate(FdFops, EntryFops, Translator):
             "heal-timeout", Int(min=1), "600", "seconds between crawls of the bricks' heal index"
         ),
         _switch("self-heal-daemon", "heal in the background: on access and from the index"),
+        _switch(
+            "eager-lock",
+            "keep a handle's data lock and in-flight mark across its writes, while every "
+            "child takes them all (see post-op-delay-secs)",
+        ),
+        Option(
+            "post-op-delay-secs",
+            Int(min=0, max=60),
+            "1",
+            "seconds a handle with no writes keeps its eager lock (0: none); another client "
+            "wanting the file's data lock waits at most this long",
+        ),
     )
 
     def __init__(self, name: str, children: Sequence[Translator], options: dict[str, Any]):
@@ -139,6 +154,10 @@ class Replicate(FdFops, EntryFops, Translator):
         self.shd = SelfHeal(self)
         self._nursery: trio.Nursery | None = None
         self._init_fds()
+        self.post_op_delay = options["post-op-delay-secs"] if options["eager-lock"] else 0
+        self.eager = EagerLocks(self)
+        # Counts the changes of child state: an eager hold lives within one.
+        self.child_epoch = 0
 
     def _child_index(self, key: str, names: list[str]) -> int | None:
         value = self.options.get(key)
@@ -160,11 +179,16 @@ class Replicate(FdFops, EntryFops, Translator):
             raise RuntimeError(f"{self.name} is not started")
         self._nursery.start_soon(work)
 
+    async def stop(self) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+            await self.eager.end_all()
+
     def notify(self, event: Event, child: Translator) -> None:
         i = self.children.index(child)
         up = event is Event.CHILD_UP
         if self._up[i] != up:
             log.info("%s: subvolume %s is %s", self.name, child.name, "up" if up else "down")
+            self.child_epoch += 1
         self._up[i] = up
         if up:
             self.shd.wake()
@@ -175,6 +199,7 @@ class Replicate(FdFops, EntryFops, Translator):
         if exc.errno == errno.ENOTCONN and self._up[i] is not False:
             log.warning("%s: subvolume %s is not connected", self.name, self.children[i].name)
             self._up[i] = False
+            self.child_epoch += 1
             self._announce()
 
     def child_answered(self, i: int) -> None:
@@ -182,6 +207,7 @@ class Replicate(FdFops, EntryFops, Translator):
         if self._up[i] is False:
             log.info("%s: subvolume %s answers again", self.name, self.children[i].name)
             self._up[i] = True
+            self.child_epoch += 1
             self.shd.wake()
             self._announce()
 
