@@ -16,6 +16,7 @@ import os
 import stat
 import subprocess
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -214,13 +215,13 @@ def test_brick_killed_during_maildir_deliveries_is_healed(replica, n):
         elif count == 2 * MESSAGES // 3:
             victim.restart()
 
-    errors: list[BaseException] = []
+    errors: list[str] = []
 
     def writer(k: int) -> None:
         try:
             deliver(mnt, range(k, MESSAGES, WRITERS), on_each)
         except BaseException as e:
-            errors.append(e)
+            errors.append(f"{e!r} on {getattr(e, 'filename', None)}: {traceback.format_exc()}")
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(WRITERS)]
     for t in threads:
