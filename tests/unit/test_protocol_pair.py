@@ -45,6 +45,7 @@ class MemStore(Translator):
         self.locks: dict[bytes, bytes] = {}
         self.owners_seen: list[bytes] = []
         self.disconnected: list[str] = []
+        self.flushed: list[bytes] = []
 
     def iatt(self, gfid: bytes) -> Iatt:
         size = len(self.data.get(gfid, b""))
@@ -88,6 +89,12 @@ class MemStore(Translator):
 
     async def release(self, fh):
         del self.handles[fh]
+
+    async def flush(self, fh, owner):
+        self.flushed.append(owner)
+
+    async def lk(self, fh, cmd, lock):
+        return lock
 
     async def inodelk(self, domain, gfid, cmd, lock):
         self.owners_seen.append(lock.owner)
@@ -309,7 +316,7 @@ def test_compound_runs_in_order_on_the_brick_and_stops_at_the_first_failure():
             await brick.start(nursery)
             one, two = await brick.client(nursery), await brick.client(nursery)
             await wait_for(lambda: one.is_up and two.is_up, "clients up")
-            # A compound with a handle-making fop runs fop by fop, and its handle works.
+            # A handle a compound makes is this client's own at once.
             [(fh, _)] = await one.compound([("create", (ROOT_GFID, b"f", 2, 0o644, 0, 0, gfid))])
             lock = ("inodelk", ("d", gfid, 6, Flock(1, 0, 0, 1, b"one")))
             got = await one.compound([lock, ("write", (fh, 0, b"first")), ("stat", (gfid,))])
@@ -322,6 +329,30 @@ def test_compound_runs_in_order_on_the_brick_and_stops_at_the_first_failure():
             bad = await one.compound([("stat", (gfid,)), ("write", (fh + 99, 0, b"x"))])
             assert bad[0].gfid == gfid and bad[1].errno == errno.EBADF  # our own handle check
             assert len(bad) == 2
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_flush_reaches_the_brick_only_for_files_this_client_locked():
+    async def main():
+        brick = Brick()
+        async with trio.open_nursery() as nursery:
+            await brick.start(nursery)
+            client = await brick.client(nursery)
+            await wait_for(lambda: client.is_up, "client up")
+            plain, _ = await client.create(ROOT_GFID, b"plain", 2, 0o644, 0, 0, bytes(16))
+            locked, _ = await client.create(ROOT_GFID, b"locked", 2, 0o644, 0, 0, b"\1" * 16)
+            await client.flush(plain, b"me")
+            assert brick.store.flushed == []  # no lock to drop: no round trip
+            await client.lk(locked, 6, Flock(1, 0, 0, 1, b"me"))
+            await client.flush(locked, b"me")
+            other = await client.open(b"\1" * 16, 2)  # POSIX: any close drops the locks
+            await client.flush(other, b"me")
+            assert len(brick.store.flushed) == 2
+            with pytest.raises(OSError) as gone:
+                await client.flush(plain + 99, b"me")
+            assert gone.value.errno == errno.EBADF
             nursery.cancel_scope.cancel()
 
     trio.run(main)

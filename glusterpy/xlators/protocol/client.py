@@ -46,8 +46,8 @@ MAX_PING_INTERVAL = 10.0
 HANDLE_ARG_FOPS = frozenset(
     {"fstat", "read", "write", "flush", "fsync", "readdir", "fsyncdir", "lk"}
 )
-# Fops whose handles the client keeps track of, so a compound cannot carry them.
-HANDLE_STATE_FOPS = frozenset({"open", "opendir", "create", "release", "releasedir"})
+# Fops that give up a handle the client keeps track of, so a compound cannot carry them.
+RELEASE_FOPS = frozenset({"release", "releasedir"})
 REOPEN_DROPS = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
 
@@ -121,6 +121,8 @@ class Client(Translator):
         self._pending: dict[int, _Call] = {}
         self._handles: dict[int, _Handle] = {}
         self._next_handle = itertools.count(1)
+        # Files this client ever sent a POSIX lock request for (see _no_locks_to_drop).
+        self._locked_gfids: set[bytes] = set()
         self._scope: trio.CancelScope | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -343,10 +345,10 @@ class Client(Translator):
     async def compound(self, calls: Sequence[Call]) -> list[Any]:
         """The fops in one request to the brick, which runs them in order.
 
-        Fops that open or release handles keep state here, so a compound with one of them
-        runs fop by fop instead.
+        Releases drop state here before they are sent, so a compound with one of them runs
+        fop by fop instead.
         """
-        if any(fop in HANDLE_STATE_FOPS for fop, _ in calls):
+        if any(fop in RELEASE_FOPS for fop, _ in calls):
             return await super().compound(calls)
         outgoing: list[Call] = []
         refused = None
@@ -357,6 +359,10 @@ class Client(Translator):
                 refused = exc  # as the brick would: the calls before it run, none after
                 break
         results = await self._compound(outgoing) if outgoing else []
+        results = [
+            r if isinstance(r, OSError) else self._incoming(fop, args, r)
+            for (fop, args), r in zip(outgoing, results, strict=False)
+        ]
         if refused is not None and len(results) == len(outgoing) and not _failed(results):
             results.append(refused)
         return results
@@ -377,6 +383,12 @@ class Client(Translator):
             raise error(errno.EBADF, f"handle {fh} is not open on brick {self.brick}")
         return handle.remote
 
+    def _no_locks_to_drop(self, fh: int) -> bool:
+        """Whether a flush of `fh` may stay here: on the brick a flush only drops the POSIX
+        locks its owner holds on the file, and this client never sent a lock on it."""
+        self._remote(fh)  # EBADF for a handle the brick does not have, as the brick would
+        return self._handles[fh].gfid not in self._locked_gfids
+
     def _keep(self, gfid: bytes, flags: int, is_dir: bool, remote: int) -> int:
         fh = next(self._next_handle)
         self._handles[fh] = _Handle(gfid, flags, is_dir, remote, self._generation)
@@ -395,10 +407,16 @@ class Client(Translator):
     async def _fop(self, fop: str, args: tuple[Any, ...]) -> Any:
         if fop in ("release", "releasedir"):
             return await self._release(fop, args[0])
+        if fop == "lk" and args[0] in self._handles:
+            self._locked_gfids.add(self._handles[args[0]].gfid)
+        elif fop == "flush" and self._no_locks_to_drop(args[0]):
+            return None
         args = self._outgoing(fop, args)
 
-        result = await self._call(fop, args)
+        return self._incoming(fop, args, await self._call(fop, args))
 
+    def _incoming(self, fop: str, args: tuple[Any, ...], result: Any) -> Any:
+        """A fop's result as the caller knows it: the brick's new handles replaced by ours."""
         if fop == "open":
             return self._keep(args[0], args[1], False, result)
         if fop == "opendir":
