@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from glusterpy.xlator import DirEntry, Flock, Iatt, Translator, error
+from glusterpy.xlator import Call, DirEntry, Flock, Iatt, Translator, error
 from glusterpy.xlators.cluster._afr_changelog import DATA, ENTRY
 from glusterpy.xlators.cluster._afr_read import read_candidates, read_from
 from glusterpy.xlators.cluster._afr_transaction import fan_out, first_success, successes
@@ -68,30 +68,57 @@ class FdFops:
     def fd_handles(self: Replicate, fh: int) -> dict[int, int]:
         return self._fd(fh).handles
 
-    async def refresh(self: Replicate, gfid: bytes) -> None:
-        """Read the changelog of `gfid` on the up children to know which copies are good."""
-        zeros = {key: b"\0" * 12 for key in self.all_keys}
-        results = await fan_out(
-            self, self.up_children(), lambda i, child: child.xattrop(gfid, "add-array", zeros)
-        )
-        good = {i: r for i, r in results.items() if not isinstance(r, OSError)}
-        if good:
-            state = self.inodes.record(gfid, good)
+    def _read_changelog_call(self: Replicate, gfid: bytes) -> Call:
+        """An xattrop that changes nothing and answers every changelog counter of `gfid`."""
+        return "xattrop", (gfid, "add-array", {key: b"\0" * 12 for key in self.all_keys})
+
+    def _note_changelogs(self: Replicate, gfid: bytes, changelogs: dict[int, Any]) -> None:
+        if changelogs:
+            state = self.inodes.record(gfid, changelogs)
             if any(v.sinks for v in state.verdicts):
                 self.shd.schedule(gfid)
 
+    async def refresh(self: Replicate, gfid: bytes) -> None:
+        """Read the changelog of `gfid` on the up children to know which copies are good."""
+        _, args = self._read_changelog_call(gfid)
+        results = await fan_out(self, self.up_children(), lambda i, child: child.xattrop(*args))
+        self._note_changelogs(gfid, {i: r for i, r in results.items() if i in successes(results)})
+
     async def open(self: Replicate, gfid: bytes, flags: int) -> int:
+        if flags & os.O_TRUNC:
+            return await self._open_truncating(gfid, flags)
+        # The changelog and the open in one request per child.
+        calls = [self._read_changelog_call(gfid), ("open", (gfid, flags))]
+
+        async def call(i: int, child: Translator) -> tuple[Any, int]:
+            got = await child.compound(calls)
+            if isinstance(got[-1], OSError):
+                raise got[-1]
+            return got[0], got[1]
+
+        results = await fan_out(self, self.up_children(), call)
+        opened = {i: r for i, r in results.items() if not isinstance(r, OSError)}
+        self._note_changelogs(gfid, {i: r[0] for i, r in opened.items()})
+        try:
+            # Fail the open, not a later read: EIO for a split-brain, ENOTCONN with no good
+            # copy up.
+            read_candidates(self, gfid, DATA)
+            handles = _partial(
+                {i: r if isinstance(r, OSError) else r[1] for i, r in results.items()}
+            )
+        except OSError:
+            await fan_out(self, list(opened), lambda i, child: child.release(opened[i][1]))
+            raise
+        return self.new_fd(gfid, flags, False, handles)
+
+    async def _open_truncating(self: Replicate, gfid: bytes, flags: int) -> int:
         await self.refresh(gfid)
-        # Fail the open, not a later read: EIO for a split-brain, ENOTCONN with no good copy up.
         read_candidates(self, gfid, DATA)
 
         async def call(i: int, child: Translator) -> int:
             return await child.open(gfid, flags)
 
-        if flags & os.O_TRUNC:
-            results = await self.modify(DATA, gfid, call, lock_range=(0, 0))
-        else:
-            results = await fan_out(self, self.up_children(), call)
+        results = await self.modify(DATA, gfid, call, lock_range=(0, 0))
         return self.new_fd(gfid, flags, False, _partial(results))
 
     async def read(self: Replicate, fh: int, offset: int, size: int) -> bytes:
