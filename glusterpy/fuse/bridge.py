@@ -366,7 +366,9 @@ class Bridge:
         gfid = _new_gfid()
         gid, mode = self._new_owner(parent, gid, mode, False)
         iatt = await self.top.mknod(self.gfid(parent), name, mode, rdev, uid, gid, gfid)
-        return self._count(iatt)
+        entry = self._count(iatt)
+        self._made_without_caps(iatt.ino)
+        return entry
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Entry:
         _check_name(name)
@@ -431,6 +433,7 @@ class Bridge:
         except OSError:
             await self.release(fh)
             raise
+        self._made_without_caps(iatt.ino)
         return OpenFile(fh), entry
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -547,6 +550,10 @@ class Bridge:
         gfid = self.gfid(ino)
         self._forget_caps(ino, name)
         await self.top.removexattr(gfid, os.fsdecode(name))
+
+    def _made_without_caps(self, ino: int) -> None:
+        """A file just made here has no capabilities: its first write need not ask."""
+        self._inodes[ino].no_caps_until = time.monotonic() + self.attr_timeout
 
     def _forget_caps(self, ino: int, name: bytes) -> None:
         if name == CAPABILITY_XATTR:

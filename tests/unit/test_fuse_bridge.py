@@ -231,6 +231,20 @@ def test_no_capabilities_is_remembered_for_attr_timeout(tmp_path, monkeypatch):
     run_bridge(tmp_path, body)
 
 
+def test_a_new_file_is_known_to_have_no_capabilities(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("glusterpy.fuse.bridge.time.monotonic", lambda: clock[0])
+
+    async def body(bridge: Bridge) -> None:
+        _, entry = await bridge.create(ROOT_INO, b"new", os.O_WRONLY, 0o644, 0, 0)
+        os.setxattr(tmp_path / "new", "security.capability", b"\x01\x00\x00\x02" + bytes(16))
+        assert await oserror(bridge.getxattr(entry.ino, b"security.capability")) == errno.ENODATA
+        clock[0] += bridge.attr_timeout
+        assert len(await bridge.getxattr(entry.ino, b"security.capability")) == 20
+
+    run_bridge(tmp_path, body)
+
+
 def test_statfs_and_locks_reach_the_graph(tmp_path):
     async def body(bridge: Bridge) -> None:
         vfs = await bridge.statfs(ROOT_INO)
