@@ -11,6 +11,10 @@ common case (all children applied it) pre-op and post-op each change one xattr p
 Locks are taken first non-blocking on all children at once; on any conflict the taken locks are
 dropped and blocking locks are taken one child at a time in child order, so two transactions
 never wait for each other crosswise (the order is the same for every client).
+
+Round trips, per child and all children in parallel: the trylocks and the pre-op travel in one
+compound, the fop in the next request, the post-op and the unlocks in a third compound. Writes
+through one handle can share one transaction (`_afr_eager`).
 """
 
 from __future__ import annotations
