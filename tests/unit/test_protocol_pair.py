@@ -147,6 +147,12 @@ class Brick:
         await run_graph(nursery, Graph({"client": client}, client))
         return client
 
+    async def up_client(self, nursery: trio.Nursery) -> Client:
+        """A client of this brick, once its connection is up."""
+        client = await self.client(nursery)
+        await wait_for(lambda: client.is_up, "client up")
+        return client
+
 
 async def run_graph(nursery: trio.Nursery, graph: Graph, stop: trio.Event | None = None) -> None:
     """Start a graph in `nursery`; it runs until `stop` is set or the nursery is cancelled."""
@@ -172,8 +178,7 @@ def test_fops_travel_and_errors_come_back_as_errno(caplog):
         brick = Brick()
         async with trio.open_nursery() as nursery:
             await brick.start(nursery)
-            client = await brick.client(nursery)
-            await wait_for(lambda: client.is_up, "client up")
+            client = await brick.up_client(nursery)
 
             gfid = bytes(range(16))
             fh, iatt = await client.create(ROOT_GFID, b"f", 0o2, 0o644, 0, 0, gfid)
@@ -204,8 +209,7 @@ def test_pipelined_requests_are_answered_out_of_order_correctly():
         brick = Brick()
         async with trio.open_nursery() as nursery:
             await brick.start(nursery)
-            client = await brick.client(nursery)
-            await wait_for(lambda: client.is_up, "client up")
+            client = await brick.up_client(nursery)
             fh, _ = await client.create(ROOT_GFID, b"f", 0o2, 0o644, 0, 0, bytes(16))
             blocks = {i: bytes([i]) * (1000 + i * 517) for i in range(64)}
             offsets = {i: i * 40_000 for i in blocks}
@@ -339,8 +343,7 @@ def test_flush_reaches_the_brick_only_for_files_this_client_locked():
         brick = Brick()
         async with trio.open_nursery() as nursery:
             await brick.start(nursery)
-            client = await brick.client(nursery)
-            await wait_for(lambda: client.is_up, "client up")
+            client = await brick.up_client(nursery)
             plain, _ = await client.create(ROOT_GFID, b"plain", 2, 0o644, 0, 0, bytes(16))
             locked, _ = await client.create(ROOT_GFID, b"locked", 2, 0o644, 0, 0, b"\1" * 16)
             await client.flush(plain, b"me")
