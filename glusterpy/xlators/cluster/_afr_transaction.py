@@ -200,9 +200,7 @@ class LockSet:
         async def one(i: int, child: Translator) -> None:
             nonlocal conflict
             got = await child.compound([*takes, *then])
-            taken = [
-                lock for lock, r in zip(self.locks, got, strict=False) if not isinstance(r, OSError)
-            ]
+            taken = self.locks[: _succeeded(got)]
             if taken:
                 self.held[i] = taken
             if len(taken) < count:
@@ -304,11 +302,7 @@ class Transaction:
         conflict, after = await self.locks.try_all(candidates, pre_op)
         ready = []
         for i, got in after.items():
-            marked = [
-                gfid
-                for gfid, r in zip(self.targets, got, strict=False)
-                if not isinstance(r, OSError)
-            ]
+            marked = self.targets[: _succeeded(got)]
             if marked:
                 self.marked[i] = marked
             if len(marked) == len(pre_op):
