@@ -89,7 +89,7 @@ class EagerHold:
         candidates = [i for i in self.fd.handles if self.afr.is_up(i)]
         if not candidates:
             raise error(errno.ENOTCONN, f"{self.afr.name}: no subvolume is up")
-        self.ready = await self.txn._lock_and_mark(candidates)
+        self.ready = await self.txn.lock_and_mark(candidates)
         self.begun = True
 
     async def end(self, succeeded: list[int] | None = None) -> None:
@@ -100,7 +100,7 @@ class EagerHold:
         self.done = True
         self.afr.eager.forget(self)
         if self.begun:
-            await self.txn._finish(self.ready if succeeded is None else succeeded)
+            await self.txn.post_op_and_unlock(self.ready if succeeded is None else succeeded)
 
     async def finish(self) -> None:
         async with self.lock:

@@ -282,16 +282,16 @@ class Transaction:
         if not candidates:
             raise error(errno.ENOTCONN, f"{self.afr.name}: no subvolume is up")
         try:
-            ready = await self._lock_and_mark(candidates)
+            ready = await self.lock_and_mark(candidates)
             results = await fan_out(self.afr, ready, call)
-            await self._finish(successes(results))
+            await self.post_op_and_unlock(successes(results))
         except BaseException:
             await self.locks.release()
             raise
         self.afr.note_outcome(self.kind, self.targets, successes(results))
         return results
 
-    async def _lock_and_mark(self, candidates: list[int]) -> list[int]:
+    async def lock_and_mark(self, candidates: list[int]) -> list[int]:
         """Lock and pre-op the children; answers those ready for the fop.
 
         The common case is one compound per child (the trylocks and the pre-op). When a lock
@@ -308,7 +308,7 @@ class Transaction:
             if len(marked) == len(pre_op):
                 ready.append(i)
         if conflict:
-            await self._finish(None)
+            await self.post_op_and_unlock(None)
             await self.locks.block_in_order(candidates)
             ready = await self._pre_op(sorted(self.locks.held))
         if not self.locks.held:
@@ -349,7 +349,7 @@ class Transaction:
                     operand[key] = changelog.delta(self.kind, 1)
         return operand
 
-    async def _finish(self, succeeded: list[int] | None) -> None:
+    async def post_op_and_unlock(self, succeeded: list[int] | None) -> None:
         """Post-op and unlock, one compound per child; `succeeded` None: no fop was applied.
 
         The post-op takes back the dirty marks and, where the fop was applied, accuses the
