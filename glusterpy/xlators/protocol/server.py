@@ -283,9 +283,10 @@ class Session:
     ) -> None:
         """Run one request (a fop, or a compound's fops in order) and send its reply."""
         payload = None
-        fop = calls[0][0] if frame.second != codec.OP_COMPOUND else "compound"
+        compound = frame.second == codec.OP_COMPOUND
+        fop = "compound" if compound else calls[0][0]
         try:
-            if frame.second == codec.OP_COMPOUND:
+            if compound:
                 body, payload = await self._run_compound(calls)
             else:
                 body, payload = codec.encode_result(fop, await self._dispatch(*calls[0]))
